@@ -1,0 +1,253 @@
+"""The `cmp` command. Each command parses, calls one library function, prints.
+
+Heavy imports (torch, transformers, SQLAlchemy) happen inside the commands that need them, so
+`cmp diff` and `cmp runs` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_DB = "sqlite:///./cmp-data/cmp.db"
+
+# Server answers that mean "this request cannot work as given" exit with 2, like usage errors.
+USAGE_CODES = {"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
+
+
+class CmpUsageError(click.ClickException):
+    exit_code = 2
+
+
+def server_option(f):
+    """--server, shared by every command that talks to a compare server."""
+    return click.option(
+        "--server", envvar="CMP_SERVER", default=DEFAULT_SERVER, show_default=True,
+        help="Compare server HOST:PORT (or $CMP_SERVER).",
+    )(f)
+
+
+def client_errors(f):
+    """Turns server and library errors into one-line messages and exit codes."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from compare_server.client import ServerError
+
+        try:
+            return f(*args, **kwargs)
+        except ServerError as e:
+            if e.code.name in USAGE_CODES:
+                raise CmpUsageError(str(e)) from None
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="cmp")
+def cli():
+    """cmp: do two devices give the same answers? Capture runs on CPU, NPU and GPU hosts; diff them.
+
+    \b
+      cmp serve                                   # the compare server
+      cmp capture --model M --device npu:0 ...    # on each device host
+      cmp diff RUN_A RUN_B                        # metrics, gates, verdict
+    """
+
+
+@cli.command()
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the store.")
+@click.option("--listen", default=DEFAULT_SERVER, show_default=True, help="HOST:PORT to serve on (port 0: any free port).")
+def serve(db, listen):
+    """Run the compare server.
+
+    Example: cmp serve --db sqlite:///./cmp-data/cmp.db --listen 0.0.0.0:50051
+    """
+    import logging
+    import signal
+    import threading
+
+    from compare_server.errors import CmpError
+    from compare_server.server import ListenError, start_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        server, port = start_server(db, listen)
+    except (CmpError, ListenError) as e:
+        raise click.ClickException(str(e)) from None
+    host = listen.rsplit(":", 1)[0]
+    click.echo(f"cmp serve: listening on {host}:{port}, database {db}", nl=True)
+    sys.stdout.flush()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=10).wait()
+    server.store.close()
+
+
+@cli.command()
+@server_option
+@click.option("--model", "model_path", required=True, help="Model folder, or a .gguf file.")
+@click.option("--model-name", default=None, help="Name to record (default: from the model path).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or npu[:N].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--mode", type=click.Choice(["embed", "logprobs"]), required=True)
+@click.option("--prompts", required=True, help="Built-in prompt set (`cmp prompts`) or a JSONL file.")
+@click.option("--backend", default="hf", show_default=True, help="How to run the model: hf.")
+@click.option("--top-k", default=20, show_default=True, help="logprobs: candidates kept per position.")
+@click.option("--max-new-tokens", default=32, show_default=True, help="logprobs: greedy steps per prompt.")
+@click.option("--full-vocab-first", is_flag=True, help="logprobs: also send the whole first-position distribution.")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None,
+              help="embed: override the pooling read from the model's sentence-transformers files.")
+@click.option("--normalize/--no-normalize", default=None, help="embed: override L2 normalisation.")
+@click.option("--batch-size", default=32, show_default=True, help="embed: prompts per forward pass.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model folder's own Python code.")
+@click.option("--label", default="", help="Free text stored with the run, e.g. 'CANN 8.5.1 nightly'.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@client_errors
+def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, top_k, max_new_tokens,
+            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, quiet):
+    """Run a prompt set through a model on this host's device and upload the run.
+
+    Prints the new run id as the last line of stdout.
+
+    Example: cmp capture --model ./all-MiniLM-L6-v2 --device npu:0 --dtype bfloat16 --mode embed --prompts multilingual-24
+    """
+    from capture_agent.agent import CaptureRequest, run_capture
+    from capture_agent.backends import BackendError
+    from capture_agent.capture import CaptureError
+    from capture_agent.prompts import PromptSetError
+
+    request = CaptureRequest(
+        server=server, model_path=model_path, model_name=model_name, device=device, dtype=dtype, mode=mode,
+        prompts=prompts, backend=backend, top_k=top_k, max_new_tokens=max_new_tokens,
+        full_vocab_first=full_vocab_first, pooling=pooling, normalize=normalize, batch_size=batch_size,
+        trust_remote_code=trust_remote_code, label=label, progress=not quiet,
+    )
+    try:
+        run_id = run_capture(request)
+    except (BackendError, PromptSetError, CaptureError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(run_id)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def prompts(name, as_json):
+    """List the built-in prompt sets with their digests, or print one set's prompts.
+
+    Example: cmp prompts; cmp prompts rag-25
+    """
+    from capture_agent.prompts import BUILTIN_DESCRIPTIONS, PromptSetError, builtin_names, load_prompt_set
+    from compare_server.report import text_table
+
+    try:
+        sets = [load_prompt_set(name)] if name else [load_prompt_set(n) for n in builtin_names()]
+    except PromptSetError as e:
+        raise CmpUsageError(str(e)) from None
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "digest": s.digest, "count": len(s.prompts),
+                                **({"prompts": [p.__dict__ for p in s.prompts]} if name else {})} for s in sets],
+                              indent=2, ensure_ascii=False))
+    elif name:
+        s = sets[0]
+        click.echo(f"{s.name}: {len(s.prompts)} prompts, digest {s.digest}")
+        click.echo(text_table(["id", "text"], [[p.id, p.text if len(p.text) < 100 else p.text[:99] + "…"] for p in s.prompts]))
+    else:
+        click.echo(text_table(["name", "prompts", "digest", "what"],
+                              [[s.name, str(len(s.prompts)), s.digest[:12], BUILTIN_DESCRIPTIONS.get(s.name, "")] for s in sets]))
+
+
+@cli.command()
+@server_option
+@click.option("--limit", default=0, help="At most this many runs (newest first); 0 for all.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_errors
+def runs(server, limit, as_json):
+    """List stored runs, newest first.
+
+    Example: cmp runs --limit 20
+    """
+    from compare_server.client import Client
+    from compare_server.report import render_runs
+
+    with Client(server) as client:
+        found = client.list_runs(limit)
+    click.echo(json.dumps(found, indent=2, ensure_ascii=False) if as_json else render_runs(found))
+
+
+@cli.command()
+@server_option
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_errors
+def show(server, run_id, as_json):
+    """Show one run with its fingerprint (RUN_ID may be a unique prefix).
+
+    Example: cmp show 3f9c0a
+    """
+    from compare_server.client import Client
+    from compare_server.report import render_run
+
+    with Client(server) as client:
+        run = client.get_run(run_id)
+    click.echo(json.dumps(run, indent=2, ensure_ascii=False) if as_json else render_run(run))
+
+
+def _thresholds(values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for item in values:
+        name, sep, number = item.partition("=")
+        try:
+            out[name.strip()] = float(number)
+        except ValueError:
+            raise CmpUsageError(f"--threshold {item!r}: expected NAME=NUMBER, e.g. cos_min=0.999") from None
+        if not sep:
+            raise CmpUsageError(f"--threshold {item!r}: expected NAME=NUMBER, e.g. cos_min=0.999")
+    return out
+
+
+@cli.command()
+@server_option
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override or add a gate, e.g. --threshold cos_min=0.999 --threshold kl=0.005.")
+@click.option("--gate", is_flag=True, help="Exit 1 when the verdict is FAIL.")
+@client_errors
+def diff(server, run_a, run_b, fmt, thresholds, gate):
+    """Compare RUN_B against the baseline RUN_A: per-prompt metrics, summary, gates, verdict.
+
+    Example: cmp diff 3f9c0a a71b22 --gate --threshold cos_min=0.999
+    """
+    from compare_server.client import Client
+    from compare_server.report import render_diff
+
+    with Client(server) as client:
+        report = client.diff(run_a, run_b, _thresholds(thresholds))
+    click.echo(render_diff(report, fmt))
+    if gate and report["verdict"] != "PASS":
+        sys.exit(1)
+
+
+@cli.group()
+def db():
+    """Manage the store's database."""
+
+
+@db.command()
+@click.option("--db", "url", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the store.")
+def upgrade(url):
+    """Upgrade the database schema to this cmp's version (back it up first).
+
+    Example: cmp db upgrade --db sqlite:///./cmp-data/cmp.db
+    """
+    from compare_server.store.store import upgrade_database
+
+    click.echo(f"database {url} is at revision {upgrade_database(url)}")

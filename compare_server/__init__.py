@@ -1,0 +1,1 @@
+"""The compare server: ingests runs from capture agents, stores them, and compares them."""

@@ -1,0 +1,110 @@
+"""Client of the compare server, used by capture agents and the CLI (grpc only: no torch, no SQLAlchemy).
+
+    client = Client("127.0.0.1:50051")
+    run_id = client.open_run(fingerprint, options, prompt_set)
+    client.upload(run_id, records)          # iterable of (index, blob)
+    client.close_run(run_id, count, digest)
+    report = client.diff("3f9c0a", "a71b22")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from proto import cmp_pb2 as pb
+from proto import cmp_pb2_grpc
+from proto.messages import fingerprint_to_pb, run_from_pb
+
+# Records are batched into messages of about this size: one gRPC stream carries ~15 MB/s in
+# 3 KB messages but hundreds of MB/s in messages of 300 KB and more.
+BATCH_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+QUERY_TIMEOUT_S = 120.0
+
+
+class ServerError(Exception):
+    """An rpc that failed; `code` is the grpc.StatusCode, the message is the server's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def batch_records(records: Iterable[tuple[int, bytes]], run_id: str, batch_bytes: int = BATCH_BYTES) -> Iterator[pb.RecordBatch]:
+    """Groups whole records into messages of about batch_bytes (a larger record goes alone)."""
+    batch: list[pb.Record] = []
+    size = 0
+    for index, blob in records:
+        if batch and size + len(blob) > batch_bytes:
+            yield pb.RecordBatch(run_id=run_id, records=batch)
+            batch, size = [], 0
+        batch.append(pb.Record(index=index, blob=blob))
+        size += len(blob)
+    if batch:
+        yield pb.RecordBatch(run_id=run_id, records=batch)
+
+
+class Client:
+    def __init__(self, address: str):
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", 4 * MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self._stub = cmp_pb2_grpc.CompareStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request, timeout: float | None = QUERY_TIMEOUT_S):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code()
+            if code == grpc.StatusCode.UNAVAILABLE and "database" not in (e.details() or ""):
+                raise ServerError(code, f"cannot reach the compare server at {self.address}: "
+                                        "start one with `cmp serve` or pass --server HOST:PORT") from None
+            raise ServerError(code, e.details() or code.name) from None
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set) -> str:
+        request = pb.OpenRunRequest(
+            fingerprint=fingerprint_to_pb(fingerprint, options),
+            prompt_set=pb.PromptSet(
+                name=prompt_set.name, digest=prompt_set.digest,
+                prompts=[pb.Prompt(id=p.id, text=p.text) for p in prompt_set.prompts],
+            ),
+        )
+        return self._call(self._stub.OpenRun, request).run_id
+
+    def upload(self, run_id: str, records: Iterable[tuple[int, bytes]]) -> pb.UploadSummary:
+        """Streams (index, blob) records, batched; the iterable may be produced while it streams."""
+        # No deadline: the stream lasts as long as the model takes to produce the records.
+        return self._call(self._stub.UploadRecords, batch_records(records, run_id), timeout=None)
+
+    def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
+        request = pb.CloseRunRequest(run_id=run_id, record_count=record_count, digest=digest, abort_reason=abort_reason)
+        reply = self._call(self._stub.CloseRun, request)
+        return reply.status, reply.reason
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def list_runs(self, limit: int = 0) -> list[dict]:
+        return [run_from_pb(r) for r in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]
+
+    def get_run(self, run_id: str) -> dict:
+        return run_from_pb(self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id)))
+
+    def diff(self, run_a: str, run_b: str, thresholds: dict[str, float] | None = None) -> dict:
+        reply = self._call(self._stub.DiffRuns, pb.DiffRequest(run_a=run_a, run_b=run_b, thresholds=thresholds or {}))
+        return json.loads(reply.report_json)

@@ -1,0 +1,35 @@
+"""Plain values that leave the store: no SQLAlchemy here, so the CLI and metrics can use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+RUN_OPEN, RUN_COMPLETE, RUN_FAILED = "open", "complete", "failed"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    status: str
+    status_reason: str
+    created_at: datetime
+    completed_at: datetime | None
+    prompt_set_name: str
+    prompt_set_digest: str
+    prompt_count: int
+    record_count: int
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """"embed" or "logprobs": which record schema the run's records follow."""
+        return "embed" if self.fingerprint.get("mode") == "embed" else "logprobs"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    index: int
+    sha256: str
+    blob: bytes

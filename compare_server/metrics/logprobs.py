@@ -1,0 +1,200 @@
+"""Logprob metrics (DESIGN.md "Metrics"): pure functions, vectorised over every compared position.
+
+Positions compared: in forced scoring all of them; in greedy decoding those up to and including
+the first position where the two runs chose different tokens (after it, the prefixes differ).
+
+At each position, with Sa and Sb the two top-k id sets, the distributions are taken over
+U = Sa ∪ Sb plus one tail bucket. An id missing from a run's top-k gets
+min(that run's K-th probability, its left-over mass / number of missing ids); the tail takes
+what remains. With K equal to the vocabulary size this is exactly the full-distribution metric.
+
+    per_prompt, summary = logprob_metrics(records_a, records_b, forced=False)
+    summary["top1_match"], summary["kl"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# KL and relative error need a floor for probabilities a run gave (almost) nothing.
+EPS = 1e-12
+
+POSITION_METRICS = ("top1_match", "topk_overlap", "prob_cos", "kl", "js", "mae", "spearman", "rel_err")
+
+
+@dataclass
+class Positions:
+    """The compared positions of all prompts, stacked: row p belongs to prompt `prompt[p]`."""
+
+    prompt: np.ndarray  # [P] int64
+    ids_a: np.ndarray  # [P, K] int64, sorted by probability, most likely first
+    lp_a: np.ndarray  # [P, K] float64
+    ids_b: np.ndarray
+    lp_b: np.ndarray
+
+
+def first_divergence(tokens_a: np.ndarray, tokens_b: np.ndarray) -> int | None:
+    """Index of the first position where the two token sequences differ, or None."""
+    n = min(len(tokens_a), len(tokens_b))
+    diff = np.flatnonzero(tokens_a[:n] != tokens_b[:n])
+    return int(diff[0]) if diff.size else None
+
+
+def compared_length(tokens_a: np.ndarray, tokens_b: np.ndarray, forced: bool) -> int:
+    """How many leading positions both runs scored with the same prefix."""
+    n = min(len(tokens_a), len(tokens_b))
+    if forced:
+        return n
+    div = first_divergence(tokens_a, tokens_b)
+    return n if div is None else div + 1
+
+
+def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-lp, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1).astype(np.float64)
+
+
+def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int]) -> Positions:
+    """Stacks the first lengths[i] positions of every prompt, cut to a common K."""
+    k = min(min(r["topk_ids"].shape[1] for r in records_a), min(r["topk_ids"].shape[1] for r in records_b))
+    prompt = np.repeat(np.arange(len(lengths)), lengths)
+
+    def cat(records, name):
+        return np.concatenate([r[name][:n] for r, n in zip(records, lengths)]) if prompt.size else np.zeros((0, k))
+
+    ids_a, lp_a = _sorted_topk(cat(records_a, "topk_ids"), cat(records_a, "topk_logprobs"), k)
+    ids_b, lp_b = _sorted_topk(cat(records_b, "topk_ids"), cat(records_b, "topk_logprobs"), k)
+    return Positions(prompt, ids_a, lp_a, ids_b, lp_b)
+
+
+def union_distributions(ids_a, lp_a, ids_b, lp_b):
+    """Both runs' probabilities over U = Sa ∪ Sb, padded to 2K columns, plus each tail.
+
+    Returns (pa, pb, valid, tail_a, tail_b): pa, pb are [P, 2K] (columns 0..K-1 are Sa's ids,
+    K..2K-1 are Sb's ids; a column of Sb already in Sa is invalid and zero), tails are [P].
+    """
+    top_a, top_b = np.exp(lp_a), np.exp(lp_b)
+    same = ids_a[:, :, None] == ids_b[:, None, :]  # [P, K, K]
+    a_in_b, b_in_a = same.any(axis=2), same.any(axis=1)
+    where_in_b = same.argmax(axis=2)
+
+    def fill(top, missing):
+        leftover = np.clip(1.0 - top.sum(axis=1), 0.0, None)
+        return np.minimum(top[:, -1], leftover / np.maximum(missing, 1))
+
+    fill_a = fill(top_a, (~b_in_a).sum(axis=1))
+    fill_b = fill(top_b, (~a_in_b).sum(axis=1))
+    k = ids_a.shape[1]
+    valid = np.concatenate([np.ones_like(a_in_b), ~b_in_a], axis=1)
+    pa = np.concatenate([top_a, np.broadcast_to(fill_a[:, None], (len(top_a), k))], axis=1)
+    pb = np.concatenate([np.where(a_in_b, np.take_along_axis(top_b, where_in_b, 1), fill_b[:, None]), top_b], axis=1)
+    pa, pb = pa * valid, pb * valid
+    tail_a = np.clip(1.0 - pa.sum(axis=1), 0.0, None)
+    tail_b = np.clip(1.0 - pb.sum(axis=1), 0.0, None)
+    return pa, pb, valid, tail_a, tail_b
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise KL(p‖q) in nats; terms with p = 0 contribute nothing."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(np.maximum(p, EPS)) - np.log(np.maximum(q, EPS))), 0.0)
+    return terms.sum(axis=1)
+
+
+def _ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Row-wise ranks (1-based, ties averaged) among the valid entries."""
+    less = ((x[:, None, :] < x[:, :, None]) & valid[:, None, :]).sum(axis=2)
+    equal = ((x[:, None, :] == x[:, :, None]) & valid[:, None, :]).sum(axis=2)
+    return less + (equal + 1) / 2.0
+
+
+def _masked_pearson(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    n = valid.sum(axis=1)
+    xm = np.where(valid, x - (x * valid).sum(axis=1, keepdims=True) / n[:, None], 0.0)
+    ym = np.where(valid, y - (y * valid).sum(axis=1, keepdims=True) / n[:, None], 0.0)
+    denom = np.sqrt((xm * xm).sum(axis=1) * (ym * ym).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (xm * ym).sum(axis=1) / denom, np.nan)
+
+
+def distribution_metrics(pa, pb, valid, tail_a, tail_b) -> dict[str, np.ndarray]:
+    """prob_cos, kl (A‖B), js, mae over U + tail; spearman and rel_err over U. One value per row."""
+    fa = np.concatenate([pa, tail_a[:, None]], axis=1)
+    fb = np.concatenate([pb, tail_b[:, None]], axis=1)
+    m = 0.5 * (fa + fb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prob_cos = (fa * fb).sum(axis=1) / np.sqrt((fa * fa).sum(axis=1) * (fb * fb).sum(axis=1))
+        rel = np.where(valid & (pa > 0), np.abs(pa - pb) / np.where(pa > 0, pa, 1.0), 0.0)
+        rel_err = rel.sum(axis=1) / (valid & (pa > 0)).sum(axis=1)
+    return {
+        "prob_cos": prob_cos,
+        "kl": _kl(fa, fb),
+        "js": 0.5 * _kl(fa, m) + 0.5 * _kl(fb, m),
+        "mae": np.abs(fa - fb).sum(axis=1) / (valid.sum(axis=1) + 1),
+        "spearman": _masked_pearson(_ranks(pa, valid), _ranks(pb, valid), valid),
+        "rel_err": rel_err,
+    }
+
+
+def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
+    """Every POSITION_METRICS value at every stacked position."""
+    pa, pb, valid, tail_a, tail_b = union_distributions(pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b)
+    k = pos.ids_a.shape[1]
+    out = {
+        "top1_match": (pos.ids_a[:, 0] == pos.ids_b[:, 0]).astype(np.float64),
+        # Sb's columns are valid exactly where the id is not in Sa.
+        "topk_overlap": (k - valid[:, k:].sum(axis=1)) / k,
+    }
+    out.update(distribution_metrics(pa, pb, valid, tail_a, tail_b))
+    return out
+
+
+def _per_prompt_mean(values: np.ndarray, prompt: np.ndarray, n_prompts: int) -> np.ndarray:
+    """Mean of each prompt's finite values; NaN for a prompt with none."""
+    finite = np.isfinite(values)
+    sums = np.bincount(prompt[finite], weights=values[finite], minlength=n_prompts)
+    counts = np.bincount(prompt[finite], minlength=n_prompts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def full_first_metrics(records_a: list[dict], records_b: list[dict]) -> dict[str, np.ndarray] | None:
+    """Exact full-vocabulary prob_cos and kl at position 0, when both runs sent full_logprobs."""
+    if not all("full_logprobs" in r for r in records_a + records_b):
+        return None
+    fa = np.exp(np.stack([r["full_logprobs"] for r in records_a]).astype(np.float64))
+    fb = np.exp(np.stack([r["full_logprobs"] for r in records_b]).astype(np.float64))
+    if fa.shape != fb.shape:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (fa * fb).sum(axis=1) / np.sqrt((fa * fa).sum(axis=1) * (fb * fb).sum(axis=1))
+    return {"full_prob_cos_first": cos, "full_kl_first": _kl(fa, fb)}
+
+
+def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
+    """Per-prompt metric arrays and the summary for two runs' records of the same prompts."""
+    n = len(records_a)
+    lengths = [compared_length(a["token_ids"], b["token_ids"], forced) for a, b in zip(records_a, records_b)]
+    divergence = [first_divergence(a["token_ids"], b["token_ids"]) for a, b in zip(records_a, records_b)]
+    pos = stack_positions(records_a, records_b, lengths)
+    values = position_metrics(pos)
+    per = {name: _per_prompt_mean(values[name], pos.prompt, n) for name in POSITION_METRICS}
+    per["positions"] = np.asarray(lengths, dtype=np.int64)
+    per["first_divergence"] = np.asarray([-1 if d is None else d for d in divergence], dtype=np.int64)
+    full = full_first_metrics(records_a, records_b)
+    if full:
+        per.update(full)
+
+    summary: dict[str, float | int | None] = {name: float(np.mean(per[name])) for name in POSITION_METRICS}
+    if full:
+        summary.update({name: float(np.mean(v)) for name, v in full.items()})
+    diverged = [d for d in divergence if d is not None]
+    summary["first_divergence"] = min(diverged) if diverged else None
+    summary["diverged_prompts"] = len(diverged)
+    summary["positions"] = int(sum(lengths))
+    summary["top_k"] = int(pos.ids_a.shape[1])
+    summary["nonfinite_a"] = sum(int(np.count_nonzero(~np.isfinite(r["topk_logprobs"]))) for r in records_a)
+    summary["nonfinite_b"] = sum(int(np.count_nonzero(~np.isfinite(r["topk_logprobs"]))) for r in records_b)
+    return per, summary

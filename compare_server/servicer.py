@@ -1,0 +1,105 @@
+"""gRPC servicer: thin. Each rpc turns a message into a library call and domain errors into statuses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+
+import grpc
+
+from compare_server import errors
+from compare_server.diff import diff_runs
+from compare_server.entities import Run
+from compare_server.ingest import ingest_batch
+from compare_server.store.store import StoreError
+from proto import cmp_pb2 as pb
+from proto import cmp_pb2_grpc
+from proto.digests import prompt_digest
+from proto.messages import fingerprint_from_pb, fingerprint_to_pb
+
+log = logging.getLogger("cmp.server")
+
+# Most specific first: DuplicateRecord is a Conflict.
+STATUS = (
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.DuplicateRecord, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Ambiguous, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.CannotCompare, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+@contextmanager
+def _statuses(context: grpc.ServicerContext):
+    try:
+        yield
+    except errors.CmpError as e:
+        code = next((c for cls, c in STATUS if isinstance(e, cls)), grpc.StatusCode.INTERNAL)
+        context.abort(code, str(e))
+
+
+def run_to_pb(run: Run) -> pb.Run:
+    return pb.Run(
+        run_id=run.id, status=run.status, status_reason=run.status_reason,
+        created=run.created_at.isoformat(timespec="seconds") + "Z",
+        completed=run.completed_at.isoformat(timespec="seconds") + "Z" if run.completed_at else "",
+        record_count=run.record_count, prompt_set_name=run.prompt_set_name,
+        prompt_set_digest=run.prompt_set_digest, prompt_count=run.prompt_count,
+        fingerprint=fingerprint_to_pb(run.fingerprint, run.options),
+    )
+
+
+class CompareServicer(cmp_pb2_grpc.CompareServicer):
+    def __init__(self, store):
+        self.store = store
+
+    def OpenRun(self, request, context):
+        with _statuses(context):
+            ps = request.prompt_set
+            if not ps.prompts:
+                raise errors.InvalidInput("the prompt set is empty")
+            if prompt_digest((p.id, p.text) for p in ps.prompts) != ps.digest:
+                raise errors.InvalidInput(f"prompt set {ps.name!r}: digest does not match its prompts")
+            fingerprint, options = fingerprint_from_pb(request.fingerprint)
+            if fingerprint["mode"] not in ("embed", "greedy", "forced"):
+                raise errors.InvalidInput(f"unknown mode {fingerprint['mode']!r}: expected embed, greedy or forced")
+            run_id = self.store.open_run(
+                fingerprint, options, ps.name, ps.digest, [{"id": p.id, "text": p.text} for p in ps.prompts]
+            )
+            log.info(json.dumps({"event": "run_opened", "run": run_id, "model": fingerprint["model_name"],
+                                 "device": fingerprint["device"], "dtype": fingerprint["dtype"],
+                                 "mode": fingerprint["mode"], "prompts": len(ps.prompts)}))
+            return pb.OpenRunReply(run_id=run_id)
+
+    def UploadRecords(self, request_iterator, context):
+        with _statuses(context):
+            stored, total, kinds = 0, 0, {}
+            for batch in request_iterator:
+                n, total = ingest_batch(self.store, batch.run_id, [(r.index, r.blob) for r in batch.records], kinds)
+                stored += n
+            return pb.UploadSummary(stored=stored, total=total)
+
+    def CloseRun(self, request, context):
+        with _statuses(context):
+            status, reason = self.store.close_run(
+                request.run_id, request.record_count, request.digest, request.abort_reason
+            )
+            log.info(json.dumps({"event": f"run_{'closed' if status == 'complete' else 'failed'}",
+                                 "run": request.run_id, "records": request.record_count, "reason": reason}))
+            return pb.CloseRunReply(status=status, reason=reason)
+
+    def ListRuns(self, request, context):
+        with _statuses(context):
+            return pb.ListRunsReply(runs=[run_to_pb(r) for r in self.store.list_runs(request.limit)])
+
+    def GetRun(self, request, context):
+        with _statuses(context):
+            return run_to_pb(self.store.get_run(request.run_id))
+
+    def DiffRuns(self, request, context):
+        with _statuses(context):
+            report = diff_runs(self.store, request.run_a, request.run_b, dict(request.thresholds))
+            return pb.DiffReply(report_json=json.dumps(report, ensure_ascii=False))

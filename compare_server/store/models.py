@@ -1,0 +1,86 @@
+"""ORM tables. Only the store package imports this; rows never leave it (see entities.py).
+
+Every fingerprint field is a column of its own so runs can be filtered and ordered by any of
+them (CANN version, device, dtype, ...) with an index, not by parsing JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so migrations can refer to them on SQLite and PostgreSQL alike.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Fingerprint fields stored as plain string columns, in proto order.
+FINGERPRINT_COLUMNS = (
+    "host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend",
+    "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label",
+)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class PromptSetRow(Base):
+    """A prompt set's content, stored once per digest however many runs use it."""
+
+    __tablename__ = "prompt_sets"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prompts_json: Mapped[str] = mapped_column(Text)
+    prompt_count: Mapped[int] = mapped_column(Integer)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    completed_at: Mapped[datetime | None]
+    prompt_set_name: Mapped[str] = mapped_column(String(200))
+    prompt_set_digest: Mapped[str] = mapped_column(ForeignKey("prompt_sets.digest"), index=True)
+    prompt_count: Mapped[int] = mapped_column(Integer)
+    record_count: Mapped[int] = mapped_column(Integer, default=0)
+    options_json: Mapped[str] = mapped_column(Text, default="{}")
+
+    host: Mapped[str] = mapped_column(String(255), default="")
+    os: Mapped[str] = mapped_column(String(255), default="")
+    python: Mapped[str] = mapped_column(String(64), default="")
+    torch: Mapped[str] = mapped_column(String(64), default="")
+    torch_npu: Mapped[str] = mapped_column(String(64), default="")
+    cann: Mapped[str] = mapped_column(String(64), default="", index=True)
+    driver: Mapped[str] = mapped_column(String(64), default="")
+    chip: Mapped[str] = mapped_column(String(255), default="")
+    vllm: Mapped[str] = mapped_column(String(64), default="", index=True)
+    vllm_ascend: Mapped[str] = mapped_column(String(64), default="", index=True)
+    transformers: Mapped[str] = mapped_column(String(64), default="")
+    backend: Mapped[str] = mapped_column(String(32), default="")
+    device: Mapped[str] = mapped_column(String(64), default="", index=True)
+    device_name: Mapped[str] = mapped_column(String(255), default="")
+    dtype: Mapped[str] = mapped_column(String(32), default="")
+    model_name: Mapped[str] = mapped_column(String(255), default="", index=True)
+    model_digest: Mapped[str] = mapped_column(String(64), default="")
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    label: Mapped[str] = mapped_column(String(255), default="")
+
+
+class RecordRow(Base):
+    """One prompt's outputs as safetensors bytes; (run, index) is unique, so a resent record is refused."""
+
+    __tablename__ = "records"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+Index("ix_runs_model_device_dtype", RunRow.model_name, RunRow.device, RunRow.dtype)

@@ -1,0 +1,250 @@
+"""The run store: SQLite by default (WAL), PostgreSQL for a shared server; the same code for both.
+
+    store = Store("sqlite:///./cmp-data/cmp.db")
+    run_id = store.open_run(fingerprint, options, "rag-25", digest, prompts)
+    store.add_records(run_id, [(0, blob, sha256), ...])
+    store.close_run(run_id, count, digest)   # -> ("complete", "") or ("failed", reason)
+
+Every method runs in one managed session: committed on success, rolled back on any error, so a
+refused request leaves nothing behind. Rows are turned into entities before they leave.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, StoredRecord
+from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound
+from compare_server.store.models import FINGERPRINT_COLUMNS, PromptSetRow, RecordRow, RunRow
+from compare_server.store.schema import ensure_schema, head_revision, upgrade
+from proto.digests import run_digest
+
+DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
+
+
+class StoreError(CmpError):
+    """A database failure, with the database's own message."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    # WAL lets queries read while an agent writes; NORMAL sync in WAL mode survives a killed
+    # process (only a power cut can lose the last transactions).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _make_engine(url: str):
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def upgrade_database(url: str) -> str:
+    """Migrates the database at url to this cmp's schema; returns the revision it is at."""
+    engine = _make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return head_revision()
+
+
+class Store:
+    def __init__(self, url: str = DEFAULT_URL):
+        self.url = url
+        try:
+            self.engine = _make_engine(url)
+            ensure_schema(self.engine, url)
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot open database {url}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Commit on success, roll back on any error; database errors become StoreError."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as e:
+            session.rollback()
+            raise StoreError(f"database error: {e.__class__.__name__}: {getattr(e, 'orig', e)}") from e
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set_name: str,
+                 prompt_set_digest: str, prompts: list[dict[str, str]]) -> str:
+        """Stores a new open run (and its prompt set, once per digest); returns the run id."""
+        run_id = uuid.uuid4().hex[:12]
+        with self.session() as s:
+            if s.get(PromptSetRow, prompt_set_digest) is None:
+                s.add(PromptSetRow(
+                    digest=prompt_set_digest,
+                    prompts_json=json.dumps(prompts, ensure_ascii=False),
+                    prompt_count=len(prompts),
+                ))
+            s.add(RunRow(
+                id=run_id, status=RUN_OPEN, status_reason="", created_at=_now(), completed_at=None,
+                prompt_set_name=prompt_set_name, prompt_set_digest=prompt_set_digest,
+                prompt_count=len(prompts), record_count=0,
+                options_json=json.dumps(options, sort_keys=True),
+                **{k: fingerprint.get(k, "") for k in FINGERPRINT_COLUMNS},
+            ))
+        return run_id
+
+    def add_records(self, run_id: str, records: list[tuple[int, bytes, str]]) -> int:
+        """Stores (index, blob, sha256) records of an open run in one transaction; returns the run's total.
+
+        Refuses the whole batch, storing none of it, if any index is out of range or already stored.
+        """
+        with self.session() as s:
+            run = self._open_run_row(s, run_id)
+            indexes = [i for i, _, _ in records]
+            bad = [i for i in indexes if not 0 <= i < run.prompt_count]
+            if bad:
+                raise InvalidInput(f"run {run_id}: record index {bad[0]} is out of range 0..{run.prompt_count - 1}")
+            if len(set(indexes)) != len(indexes):
+                raise DuplicateRecord(f"run {run_id}: a batch repeats record index {_first_repeat(indexes)}")
+            stored = s.scalars(
+                select(RecordRow.idx).where(RecordRow.run_id == run_id, RecordRow.idx.in_(indexes)).limit(1)
+            ).first()
+            if stored is not None:
+                raise DuplicateRecord(f"run {run_id}: record {stored} is already stored; each record is uploaded once")
+            if records:
+                s.execute(insert(RecordRow), [
+                    {"run_id": run_id, "idx": i, "blob": blob, "sha256": sha} for i, blob, sha in records
+                ])
+            s.execute(update(RunRow).where(RunRow.id == run_id)
+                      .values(record_count=RunRow.record_count + len(records)))
+            return run.record_count + len(records)
+
+    def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
+        """Completes an open run if the agent's count and digest match what is stored, else fails it.
+
+        An abort_reason (the agent gave up) fails the run with that reason.
+        """
+        with self.session() as s:
+            run = self._open_run_row(s, run_id)
+            hashes = s.scalars(select(RecordRow.sha256).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)).all()
+            reason = ""
+            if abort_reason:
+                reason = f"agent aborted: {abort_reason}"
+            elif record_count != run.prompt_count:
+                reason = f"agent sent {record_count} records for {run.prompt_count} prompts"
+            elif len(hashes) != record_count:
+                reason = f"agent reported {record_count} records, server stored {len(hashes)}"
+            elif run_digest(hashes) != digest:
+                reason = "digest mismatch: the stored records differ from what the agent produced"
+            run.status = RUN_FAILED if reason else RUN_COMPLETE
+            run.status_reason = reason
+            run.completed_at = _now()
+            return run.status, reason
+
+    def get_run(self, id_or_prefix: str) -> Run:
+        """The run with this id, or the only run whose id starts with it."""
+        with self.session() as s:
+            return _to_run(self._run_row(s, id_or_prefix))
+
+    def list_runs(self, limit: int = 0) -> list[Run]:
+        with self.session() as s:
+            q = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id)
+            if limit:
+                q = q.limit(limit)
+            return [_to_run(r) for r in s.scalars(q)]
+
+    # -- records and prompts --------------------------------------------------------------------
+
+    def read_records(self, run_id: str) -> list[StoredRecord]:
+        """All records of a run, in index order."""
+        with self.session() as s:
+            rows = s.execute(
+                select(RecordRow.idx, RecordRow.sha256, RecordRow.blob)
+                .where(RecordRow.run_id == run_id).order_by(RecordRow.idx)
+            ).all()
+            return [StoredRecord(i, sha, blob) for i, sha, blob in rows]
+
+    def get_prompts(self, digest: str) -> list[dict[str, str]]:
+        with self.session() as s:
+            row = s.get(PromptSetRow, digest)
+            if row is None:
+                raise NotFound(f"no prompt set with digest {digest[:12]}")
+            return json.loads(row.prompts_json)
+
+    def count_runs(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(RunRow))
+
+    # -- helpers (take the session) -------------------------------------------------------------
+
+    def _run_row(self, s: Session, id_or_prefix: str) -> RunRow:
+        if not id_or_prefix:
+            raise NotFound("no run id given: `cmp runs` lists them")
+        row = s.get(RunRow, id_or_prefix)
+        if row is not None:
+            return row
+        escaped = id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = s.scalars(select(RunRow).where(RunRow.id.like(escaped + "%", escape="\\")).limit(2)).all()
+        if not rows:
+            raise NotFound(f"no run {id_or_prefix!r}: `cmp runs` lists the stored runs")
+        if len(rows) > 1:
+            raise Ambiguous(f"run id prefix {id_or_prefix!r} matches several runs: give more characters")
+        return rows[0]
+
+    def _open_run_row(self, s: Session, run_id: str) -> RunRow:
+        run = s.get(RunRow, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}: open a run before uploading to it")
+        if run.status != RUN_OPEN:
+            raise Conflict(f"run {run_id} is {run.status}, not open: records can only be added to an open run")
+        return run
+
+
+def _first_repeat(values: list[int]) -> int:
+    seen: set[int] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    raise AssertionError("no repeat")
+
+
+def _to_run(row: RunRow) -> Run:
+    return Run(
+        id=row.id, status=row.status, status_reason=row.status_reason,
+        created_at=row.created_at, completed_at=row.completed_at,
+        prompt_set_name=row.prompt_set_name, prompt_set_digest=row.prompt_set_digest,
+        prompt_count=row.prompt_count, record_count=row.record_count,
+        fingerprint={k: getattr(row, k) for k in FINGERPRINT_COLUMNS},
+        options=json.loads(row.options_json),
+    )

@@ -1,0 +1,119 @@
+"""Record codec shared by agents and the server: named numpy arrays <-> safetensors bytes.
+
+A record holds one prompt's outputs. Which arrays it must hold depends on the run's kind:
+
+    embed      embedding [D] float32
+    logprobs   token_ids [T] int64, token_logprobs [T] float32,
+               topk_ids [T,K] int64, topk_logprobs [T,K] float32,
+               optional full_logprobs [V] float32 (position 0 over the whole vocabulary)
+
+    >>> blob = encode({"embedding": np.ones(4, np.float32)})
+    >>> decode(blob)["embedding"].shape
+    (4,)
+
+Decoding parses the safetensors header itself and returns read-only views into the blob,
+so the server never copies tensor bytes it only needs to read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+from safetensors.numpy import save as _st_save
+
+# Modes as the fingerprint records them, and the record kind each one produces.
+MODE_KIND = {"embed": "embed", "greedy": "logprobs", "forced": "logprobs"}
+
+_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+}
+
+# name -> (dtype, number of dimensions, required)
+SCHEMAS: dict[str, dict[str, tuple[np.dtype, int, bool]]] = {
+    "embed": {"embedding": (np.dtype("<f4"), 1, True)},
+    "logprobs": {
+        "token_ids": (np.dtype("<i8"), 1, True),
+        "token_logprobs": (np.dtype("<f4"), 1, True),
+        "topk_ids": (np.dtype("<i8"), 2, True),
+        "topk_logprobs": (np.dtype("<f4"), 2, True),
+        "full_logprobs": (np.dtype("<f4"), 1, False),
+    },
+}
+
+_MAX_HEADER = 1 << 20
+
+
+class RecordError(ValueError):
+    """A record blob that is not valid safetensors or does not fit its run's kind."""
+
+
+def encode(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialises named arrays to safetensors bytes, in memory."""
+    return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+def decode(blob: bytes | memoryview) -> dict[str, np.ndarray]:
+    """Parses safetensors bytes into read-only numpy views of the blob; raises RecordError."""
+    size = len(blob)
+    if size < 8:
+        raise RecordError(f"blob of {size} bytes is too short to be safetensors")
+    (header_len,) = struct.unpack_from("<Q", blob, 0)
+    if header_len > min(_MAX_HEADER, size - 8):
+        raise RecordError(f"safetensors header length {header_len} does not fit a blob of {size} bytes")
+    try:
+        header = json.loads(bytes(blob[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"safetensors header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise RecordError("safetensors header is not a JSON object")
+    base = 8 + header_len
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise RecordError(f"tensor {name!r}: unsupported or malformed header entry {info!r}") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if start < 0 or end < start or base + end > size or end - start != count * dtype.itemsize:
+            raise RecordError(f"tensor {name!r}: data offsets {start}..{end} do not match shape {shape} in a blob of {size} bytes")
+        out[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=base + start).reshape(shape)
+    return out
+
+
+def validate(arrays: dict[str, np.ndarray], kind: str) -> None:
+    """Checks names, dtypes and shapes against the schema of `kind`; raises RecordError."""
+    schema = SCHEMAS[kind]
+    unknown = sorted(set(arrays) - set(schema))
+    if unknown:
+        raise RecordError(f"unexpected tensors {unknown} for a {kind} record (allowed: {sorted(schema)})")
+    for name, (dtype, ndim, required) in schema.items():
+        if name not in arrays:
+            if required:
+                raise RecordError(f"missing tensor {name!r} for a {kind} record")
+            continue
+        a = arrays[name]
+        if a.dtype != dtype:
+            raise RecordError(f"tensor {name!r} is {a.dtype}, expected {dtype}")
+        if a.ndim != ndim or 0 in a.shape:
+            raise RecordError(f"tensor {name!r} has shape {list(a.shape)}, expected {ndim} non-empty dimensions")
+    if kind == "logprobs":
+        t = arrays["token_ids"].shape[0]
+        for name in ("token_logprobs", "topk_ids", "topk_logprobs"):
+            if arrays[name].shape[0] != t:
+                raise RecordError(f"tensor {name!r} has {arrays[name].shape[0]} positions, token_ids has {t}")
+        if arrays["topk_ids"].shape != arrays["topk_logprobs"].shape:
+            raise RecordError(
+                f"topk_ids {list(arrays['topk_ids'].shape)} and topk_logprobs "
+                f"{list(arrays['topk_logprobs'].shape)} differ in shape"
+            )
+
