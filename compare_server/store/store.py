@@ -145,9 +145,13 @@ class Store:
                 s.execute(insert(RecordRow), [
                     {"run_id": run_id, "idx": i, "blob": blob, "sha256": sha} for i, blob, sha in records
                 ])
-            s.execute(update(RunRow).where(RunRow.id == run_id)
-                      .values(record_count=RunRow.record_count + len(records)))
-            return run.record_count + len(records)
+            # Incremented in SQL, not from the loaded row, so concurrent streams cannot lose counts.
+            return s.execute(
+                update(RunRow).where(RunRow.id == run_id)
+                .values(record_count=RunRow.record_count + len(records))
+                .returning(RunRow.record_count)
+                .execution_options(synchronize_session=False)
+            ).scalar_one()
 
     def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
         """Completes an open run if the agent's count and digest match what is stored, else fails it.

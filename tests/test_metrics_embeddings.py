@@ -1,0 +1,78 @@
+"""Embedding metrics agree with independent computations from their plain definitions and scipy."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cosine
+from scipy.stats import pearsonr
+
+from compare_server.metrics.embeddings import embedding_metrics, neighbour_overlap, normalise
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(12, 32)).astype(np.float32)
+    b = (a + rng.normal(scale=0.05, size=a.shape)).astype(np.float32)
+    return a, b
+
+
+def test_per_prompt_cos_mse_and_max_abs_match_their_definitions(pair):
+    a, b = pair
+    per, _ = embedding_metrics(a, b)
+    for i in range(len(a)):
+        an, bn = a[i] / np.linalg.norm(a[i]), b[i] / np.linalg.norm(b[i])
+        assert per["cos"][i] == pytest.approx(1 - cosine(a[i].astype(np.float64), b[i].astype(np.float64)), abs=1e-12)
+        assert per["mse"][i] == pytest.approx(np.mean((an - bn) ** 2), rel=1e-6)
+        assert per["max_abs"][i] == pytest.approx(np.max(np.abs(an - bn)), rel=1e-6)
+
+
+def test_summary_aggregates_and_error_rate_follow_the_reports(pair):
+    a, b = pair
+    per, s = embedding_metrics(a, b)
+    assert s["cos_mean"] == pytest.approx(per["cos"].mean())
+    assert s["cos_min"] == pytest.approx(per["cos"].min())
+    assert s["error_rate"] == pytest.approx((1 - per["cos"].mean()) * 100)
+
+
+def test_sim_pearson_is_pearson_r_of_the_similarity_upper_triangles(pair):
+    a, b = pair
+    _, s = embedding_metrics(a, b)
+    an, bn = normalise(a), normalise(b)
+    iu = np.triu_indices(len(a), k=1)
+    expected = pearsonr((an @ an.T)[iu], (bn @ bn.T)[iu]).statistic
+    assert s["sim_pearson"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_neighbour_overlap_matches_a_brute_force_count(pair):
+    a, b = pair
+    k = 3
+    an, bn = normalise(a), normalise(b)
+
+    def knn(x, i):
+        sims = [(float(x[i] @ x[j]), j) for j in range(len(x)) if j != i]
+        return {j for _, j in sorted(sims, reverse=True)[:k]}
+
+    expected = np.mean([len(knn(an, i) & knn(bn, i)) / k for i in range(len(a))])
+    assert neighbour_overlap(an, bn, k) == pytest.approx(expected)
+
+
+def test_identical_embeddings_are_perfect_and_scaling_does_not_matter(pair):
+    a, _ = pair
+    _, s = embedding_metrics(a, a * 3.0)
+    assert s["cos_min"] == pytest.approx(1.0) and s["max_abs_mean"] < 1e-6
+    assert s["sim_pearson"] == pytest.approx(1.0) and s["neighbour_overlap"] == 1.0
+
+
+def test_a_nan_embedding_is_counted_and_drags_cos_min_to_nan(pair):
+    a, b = pair
+    b = b.copy()
+    b[2, 5] = np.nan
+    _, s = embedding_metrics(a, b)
+    assert s["nonfinite_b"] == 1
+    assert np.isnan(s["cos_min"])
+
+
+def test_mismatched_shapes_are_refused(pair):
+    a, b = pair
+    with pytest.raises(ValueError, match="shapes differ"):
+        embedding_metrics(a, b[:, :16])

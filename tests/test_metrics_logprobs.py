@@ -1,0 +1,99 @@
+"""Logprob metrics: the top-k approximation is exact at K = vocabulary size, follows DESIGN.md's
+fill rule for missing ids, and compares the right positions in greedy and forced modes."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.special import log_softmax, rel_entr
+from scipy.stats import spearmanr
+
+from compare_server.metrics.logprobs import logprob_metrics, union_distributions
+
+
+def _record(logprobs: np.ndarray, k: int, tokens=None) -> dict:
+    """A record from full [T, V] logprobs: top-k sorted descending, greedy tokens by default."""
+    order = np.argsort(-logprobs, axis=1)[:, :k]
+    top = np.take_along_axis(logprobs, order, 1)
+    tokens = order[:, 0] if tokens is None else np.asarray(tokens)
+    return {
+        "token_ids": tokens.astype(np.int64),
+        "token_logprobs": logprobs[np.arange(len(tokens)), tokens].astype(np.float32),
+        "topk_ids": order.astype(np.int64),
+        "topk_logprobs": top.astype(np.float32),
+    }
+
+
+@pytest.fixture
+def full_pair():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=3.0, size=(5, 40))
+    la = log_softmax(logits, axis=1).astype(np.float32)
+    lb = log_softmax(logits + rng.normal(scale=0.05, size=logits.shape), axis=1).astype(np.float32)
+    return la, lb
+
+
+def test_with_k_equal_to_the_vocabulary_every_metric_is_the_full_distribution_metric(full_pair):
+    la, lb = full_pair
+    v = la.shape[1]
+    tokens = np.argmax(la, axis=1)  # the same scored tokens in both: all positions compared
+    per, s = logprob_metrics([_record(la, v, tokens)], [_record(lb, v, tokens)], forced=True)
+    pa, pb = np.exp(la.astype(np.float64)), np.exp(lb.astype(np.float64))
+    pa, pb = pa / pa.sum(1, keepdims=True), pb / pb.sum(1, keepdims=True)
+    cos = np.mean([(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in zip(pa, pb)])
+    kl = np.mean([rel_entr(x, y).sum() for x, y in zip(pa, pb)])
+    js = np.mean([jensenshannon(x, y) ** 2 for x, y in zip(pa, pb)])
+    rho = np.mean([spearmanr(x, y).statistic for x, y in zip(pa, pb)])
+    mae = np.mean([np.abs(x - y).sum() / (v + 1) for x, y in zip(pa, pb)])
+    assert s["prob_cos"] == pytest.approx(cos, abs=1e-6)
+    assert s["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-7)
+    assert s["js"] == pytest.approx(js, rel=1e-3, abs=1e-7)
+    assert s["spearman"] == pytest.approx(rho, abs=1e-9)
+    assert s["mae"] == pytest.approx(mae, rel=1e-3)
+    assert s["topk_overlap"] == 1.0
+    assert s["top1_match"] == pytest.approx(np.mean(np.argmax(la, 1) == np.argmax(lb, 1)))
+
+
+def test_an_id_missing_from_a_top_k_gets_the_smaller_of_the_kth_probability_and_its_share_of_the_rest():
+    # A's top-2 is {0: 0.5, 1: 0.3}, left-over 0.2; B's top-2 is {0: 0.6, 2: 0.1}, left-over 0.3.
+    ids_a, ids_b = np.array([[0, 1]]), np.array([[0, 2]])
+    lp_a, lp_b = np.log([[0.5, 0.3]]), np.log([[0.6, 0.1]])
+    pa, pb, valid, tail_a, tail_b = union_distributions(ids_a, lp_a, ids_b, lp_b)
+    # Columns: A's ids (0, 1), then B's ids (0 = duplicate, invalid; 2).
+    assert valid.tolist() == [[True, True, False, True]]
+    # id 2 is missing from A: min(0.3, 0.2 / 1) = 0.2. id 1 is missing from B: min(0.1, 0.3 / 1) = 0.1.
+    assert pa[0].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.2])
+    assert pb[0].tolist() == pytest.approx([0.6, 0.1, 0.0, 0.1])
+    assert tail_a[0] == pytest.approx(0.0) and tail_b[0] == pytest.approx(0.2)
+
+
+def test_greedy_compares_up_to_and_including_the_first_divergence(full_pair):
+    la, _ = full_pair
+    a = _record(la, 8)
+    b = _record(la, 8, tokens=np.r_[a["token_ids"][:2], a["token_ids"][2] + 1, a["token_ids"][3:]])
+    per, s = logprob_metrics([a], [b], forced=False)
+    assert per["positions"][0] == 3 and s["first_divergence"] == 2 and s["diverged_prompts"] == 1
+    per, s = logprob_metrics([a], [b], forced=True)
+    assert per["positions"][0] == 5
+
+
+def test_identical_runs_are_perfect(full_pair):
+    la, _ = full_pair
+    per, s = logprob_metrics([_record(la, 5)], [_record(la, 5)], forced=False)
+    assert s["top1_match"] == 1.0 and s["topk_overlap"] == 1.0
+    assert s["prob_cos"] == pytest.approx(1.0) and s["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert s["spearman"] == pytest.approx(1.0) and s["first_divergence"] is None
+
+
+def test_runs_with_different_k_are_compared_on_the_smaller_k(full_pair):
+    la, lb = full_pair
+    _, s = logprob_metrics([_record(la, 20)], [_record(lb, 5)], forced=False)
+    assert s["top_k"] == 5
+
+
+def test_full_vocab_first_position_metrics_are_exact(full_pair):
+    la, lb = full_pair
+    a = {**_record(la, 5), "full_logprobs": la[0]}
+    b = {**_record(lb, 5), "full_logprobs": lb[0]}
+    _, s = logprob_metrics([a], [b], forced=False)
+    pa, pb = np.exp(la[0].astype(np.float64)), np.exp(lb[0].astype(np.float64))
+    assert s["full_kl_first"] == pytest.approx(rel_entr(pa, pb).sum(), rel=1e-4)

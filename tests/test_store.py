@@ -1,0 +1,128 @@
+"""The store keeps runs and records in a real SQLite file: lifecycle, refusals that store nothing,
+prefix lookup, and a schema check at start-up."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN
+from compare_server.errors import Ambiguous, Conflict, DuplicateRecord, InvalidInput, NotFound, SchemaOutOfDate
+from compare_server.store.store import Store
+from proto.codec import encode
+from proto.digests import prompt_digest, record_sha256, run_digest
+
+PROMPTS = [{"id": f"p{i}", "text": f"prompt {i}"} for i in range(3)]
+DIGEST = prompt_digest((p["id"], p["text"]) for p in PROMPTS)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'cmp.db'}")
+    yield s
+    s.close()
+
+
+def _records(n=3, start=0):
+    out = []
+    for i in range(start, start + n):
+        blob = encode({"embedding": np.full(4, i, np.float32)})
+        out.append((i, blob, record_sha256(blob)))
+    return out
+
+
+def _open(store, **fp):
+    return store.open_run({"mode": "embed", "model_name": "m", **fp}, {"pooling": "mean"}, "set", DIGEST, PROMPTS)
+
+
+def test_a_run_goes_from_open_to_complete_when_count_and_digest_match(store):
+    run_id = _open(store, device="npu:0")
+    assert store.get_run(run_id).status == RUN_OPEN
+    recs = _records()
+    assert store.add_records(run_id, recs) == 3
+    assert store.close_run(run_id, 3, run_digest(sha for _, _, sha in recs)) == (RUN_COMPLETE, "")
+    run = store.get_run(run_id)
+    assert run.status == RUN_COMPLETE and run.record_count == 3 and run.completed_at is not None
+    assert run.fingerprint["device"] == "npu:0" and run.options == {"pooling": "mean"}
+    assert [r.blob for r in store.read_records(run_id)] == [blob for _, blob, _ in recs]
+    assert store.get_prompts(DIGEST) == PROMPTS
+
+
+def test_a_close_with_a_wrong_digest_or_count_fails_the_run_with_the_reason(store):
+    run_id = _open(store)
+    store.add_records(run_id, _records())
+    status, reason = store.close_run(run_id, 3, "0" * 64)
+    assert status == RUN_FAILED and "digest mismatch" in reason
+    assert store.get_run(run_id).status_reason == reason
+
+    short = _open(store)
+    store.add_records(short, _records(2))
+    status, reason = store.close_run(short, 2, run_digest(sha for _, _, sha in _records(2)))
+    assert status == RUN_FAILED and reason == "agent sent 2 records for 3 prompts"
+
+
+def test_an_aborted_close_fails_the_run_with_the_agents_reason(store):
+    run_id = _open(store)
+    assert store.close_run(run_id, 0, "", abort_reason="RuntimeError: out of memory") == (
+        RUN_FAILED, "agent aborted: RuntimeError: out of memory")
+
+
+def test_a_record_sent_twice_is_refused_and_the_batch_stores_nothing(store):
+    run_id = _open(store)
+    store.add_records(run_id, _records(1))
+    with pytest.raises(DuplicateRecord, match="record 0 is already stored"):
+        store.add_records(run_id, _records(2))  # records 0 and 1: 1 must not be stored either
+    assert [r.index for r in store.read_records(run_id)] == [0]
+    assert store.get_run(run_id).record_count == 1
+    with pytest.raises(DuplicateRecord, match="repeats record index 2"):
+        store.add_records(run_id, _records(1, 2) + _records(1, 2))
+
+
+def test_an_index_out_of_range_is_refused(store):
+    run_id = _open(store)
+    with pytest.raises(InvalidInput, match="index 3 is out of range 0..2"):
+        store.add_records(run_id, _records(1, 3))
+
+
+def test_records_for_an_unknown_or_closed_run_are_refused(store):
+    with pytest.raises(NotFound):
+        store.add_records("nope", _records(1))
+    run_id = _open(store)
+    store.close_run(run_id, 0, "", abort_reason="gave up")
+    with pytest.raises(Conflict, match="is failed, not open"):
+        store.add_records(run_id, _records(1))
+
+
+def test_runs_are_found_by_a_unique_prefix_of_their_id(store):
+    ids = [_open(store) for _ in range(20)]
+    assert store.get_run(ids[0][:10]).id == ids[0]
+    with pytest.raises(NotFound, match="no run 'zz'"):
+        store.get_run("zz")
+    first_chars = [i[0] for i in ids]
+    shared = next(c for c in first_chars if first_chars.count(c) > 1)
+    with pytest.raises(Ambiguous, match="matches several runs"):
+        store.get_run(shared)
+
+
+def test_runs_are_listed_newest_first(store):
+    ids = [_open(store) for _ in range(3)]
+    assert [r.id for r in store.list_runs()] == ids[::-1]
+    assert len(store.list_runs(limit=2)) == 2
+
+
+def test_a_new_database_is_in_wal_mode_with_the_schema_at_head(tmp_path):
+    Store(f"sqlite:///{tmp_path / 'x.db'}").close()
+    con = sqlite3.connect(tmp_path / "x.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+
+
+def test_a_database_with_an_unknown_schema_revision_is_refused_with_the_upgrade_command(tmp_path):
+    path = tmp_path / "old.db"
+    Store(f"sqlite:///{path}").close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE alembic_version SET version_num = '0000'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaOutOfDate, match="cmp db upgrade --db sqlite:///"):
+        Store(f"sqlite:///{path}")
