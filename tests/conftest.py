@@ -23,16 +23,34 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CACHE = pathlib.Path(os.environ.get("CMP_TEST_MODEL_CACHE", pathlib.Path.home() / ".cache" / "cmp-test-models"))
 
 
-@pytest.fixture
-def server(tmp_path):
-    """A compare server on 127.0.0.1:<free port> with its database in tmp_path; yields its address."""
+def _start_server(db_path: pathlib.Path):
     from compare_server.server import start_server
 
-    srv, port = start_server(f"sqlite:///{tmp_path / 'cmp.db'}", "127.0.0.1:0")
+    srv, port = start_server(f"sqlite:///{db_path}", "127.0.0.1:0")
     srv.address = f"127.0.0.1:{port}"
-    yield srv
+    srv.db_path = db_path
+    return srv
+
+
+def _stop_server(srv) -> None:
     srv.stop(grace=None).wait()
     srv.store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A compare server on 127.0.0.1:<free port> with its database in tmp_path (`.address`)."""
+    srv = _start_server(tmp_path / "cmp.db")
+    yield srv
+    _stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for a module whose tests build on each other's runs (captures are slow)."""
+    srv = _start_server(tmp_path_factory.mktemp("server") / "cmp.db")
+    yield srv
+    _stop_server(srv)
 
 
 @pytest.fixture
@@ -55,6 +73,13 @@ def capture_run(server_address: str, *args: str) -> str:
     """`cmp capture` in its own process; returns the run id it printed last."""
     proc = run_cmp("capture", "--server", server_address, "--quiet", *args)
     return proc.stdout.strip().splitlines()[-1]
+
+
+def diff_json(server_address: str, run_a: str, run_b: str, *args: str) -> dict:
+    """`cmp diff --format json` in its own process, parsed."""
+    import json
+
+    return json.loads(run_cmp("diff", "--server", server_address, "--format", "json", run_a, run_b, *args).stdout)
 
 
 @pytest.fixture(scope="session")
