@@ -98,7 +98,7 @@ def render_diff(report: dict, fmt: str = "table") -> str:
     out.append(text_table([h for h, _, _ in cols], rows, md))
     summary_rows = [[k, _num(SUMMARY_FORMATS.get(k, ".6f"))(v)] for k, v in report["summary"].items()]
     out.append(("**Summary**\n\n" if md else "Summary\n") + text_table(["metric", "value"], summary_rows, md))
-    gate_rows = [[g["metric"], f"{g['op']} {g['threshold']:g}", _num(".6f")(g["value"]), "PASS" if g["passed"] else "FAIL"]
+    gate_rows = [[g["metric"], f"{g['op']} {g['threshold']}", _num(".6f")(g["value"]), "PASS" if g["passed"] else "FAIL"]
                  for g in report["gates"]]
     out.append(("**Gates**\n\n" if md else "Gates\n") + text_table(["gate", "threshold", "value", "result"], gate_rows, md))
     for note in report.get("notes", []):

@@ -78,6 +78,7 @@ class HFBackend:
         self.torch = import_torch_for(device)
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()  # the agent draws its own progress bar
         self.model_path = pathlib.Path(model_path)
         self.device, self.dtype, self.mode = device, dtype, mode
         self.batch_size, self.top_k, self.max_new_tokens = batch_size, top_k, max_new_tokens
