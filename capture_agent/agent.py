@@ -1,4 +1,4 @@
-"""What `cmp capture` does, as one library call: load, fingerprint, capture, upload.
+"""What `cmp capture` does, as one library call: load, fingerprint, capture, upload or bundle.
 
     run_id = run_capture(CaptureRequest(server="10.0.0.5:50051", model_path="./bge", device="npu:0",
                                         dtype="bfloat16", mode="embed", prompts="multilingual-24"))
@@ -7,15 +7,15 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from dataclasses import dataclass
 
-from capture_agent.backends import make_backend
-from capture_agent.capture import capture
+from capture_agent.backends import BackendError, make_backend
+from capture_agent.bundle import BundleSink, read_bundle
+from capture_agent.capture import ServerSink, capture
 from capture_agent.fingerprint import host_fingerprint, model_digest, model_name
 from capture_agent.prompts import load_prompt_set
-
-# CLI --mode -> the mode a run records; forced scoring is chosen by its own option.
-RUN_MODE = {"embed": "embed", "logprobs": "greedy"}
+from proto.codec import decode
 
 
 @dataclass
@@ -36,31 +36,61 @@ class CaptureRequest:
     batch_size: int = 32
     trust_remote_code: bool = False
     label: str = ""
+    score_against: str = ""  # baseline run id (or bundle file) whose tokens are scored
+    out: str = ""  # write an offline bundle here instead of streaming
     progress: bool = True
 
 
+def baseline_continuations(client, baseline: str, prompt_set) -> tuple[str, list]:
+    """(baseline id, token ids per prompt) from a run on the server or a bundle file."""
+    if pathlib.Path(baseline).is_file():
+        bundle = read_bundle(baseline)
+        run_id, digest, mode = bundle.bundle_id, bundle.prompt_set.digest, bundle.fingerprint.get("mode")
+        blobs = [blob for _, blob in bundle.records]
+    else:
+        run = client.get_run(baseline)
+        run_id, digest, mode = run["id"], run["prompt_set"]["digest"], run["fingerprint"]["mode"]
+        if run["status"] != "complete":
+            raise BackendError(f"baseline run {run_id} is {run['status']}, not complete: score against a complete run")
+        blobs = [blob for _, blob in client.get_records(run_id)]
+    if mode == "embed":
+        raise BackendError(f"baseline {run_id} is an embed run: --score-against needs a logprobs run")
+    if digest != prompt_set.digest:
+        raise BackendError(f"baseline {run_id} used other prompts than {prompt_set.name}: use the same --prompts")
+    return run_id, [decode(blob)["token_ids"] for blob in blobs]
+
+
 def run_capture(req: CaptureRequest) -> str:
-    """Runs the whole capture and returns the new run's id."""
+    """Runs the whole capture; returns the new run's id (or the bundle's path with --out)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from compare_server.client import Client
 
+    if req.score_against and req.mode != "logprobs":
+        raise BackendError("--score-against scores tokens: use it with --mode logprobs")
     prompt_set = load_prompt_set(req.prompts)  # before the model: a typo should fail in a second
-    backend = make_backend(
-        req.backend, model_path=req.model_path, device=req.device, dtype=req.dtype, mode=req.mode,
-        pooling=req.pooling, normalize=req.normalize, batch_size=req.batch_size, top_k=req.top_k,
-        max_new_tokens=req.max_new_tokens, full_vocab_first=req.full_vocab_first,
-        trust_remote_code=req.trust_remote_code,
-    )
-    fingerprint = {
-        **host_fingerprint(),
-        **backend.describe(),
-        "backend": backend.name,
-        "device": req.device,
-        "dtype": req.dtype,
-        "model_name": req.model_name or model_name(req.model_path),
-        "model_digest": model_digest(req.model_path),
-        "mode": RUN_MODE[req.mode],
-        "label": req.label,
-    }
     with Client(req.server) as client:
-        return capture(client, backend, prompt_set, fingerprint, progress=req.progress)
+        continuations, extra = None, {}
+        if req.score_against:
+            baseline_id, continuations = baseline_continuations(client, req.score_against, prompt_set)
+            extra = {"score_against": baseline_id}
+        backend = make_backend(
+            req.backend, model_path=req.model_path, device=req.device, dtype=req.dtype, mode=req.mode,
+            pooling=req.pooling, normalize=req.normalize, batch_size=req.batch_size, top_k=req.top_k,
+            max_new_tokens=req.max_new_tokens, full_vocab_first=req.full_vocab_first,
+            trust_remote_code=req.trust_remote_code,
+        )
+        fingerprint = {
+            **host_fingerprint(),
+            **backend.describe(),
+            "backend": backend.name,
+            "device": req.device,
+            "dtype": req.dtype,
+            "model_name": req.model_name or model_name(req.model_path),
+            "model_digest": model_digest(req.model_path),
+            "mode": "embed" if req.mode == "embed" else "forced" if continuations is not None else "greedy",
+            "label": req.label,
+        }
+        sink = BundleSink(req.out) if req.out else ServerSink(client)
+        run_id = capture(sink, backend, prompt_set, fingerprint, continuations=continuations,
+                         extra_options=extra, progress=req.progress)
+        return str(sink.path) if req.out else run_id

@@ -1,10 +1,11 @@
-"""A capture: run a prompt set through a backend and stream the records to the compare server.
+"""A capture: run a prompt set through a backend and hand each record to a sink as it is made.
 
-    run_id = capture(client, backend, prompt_set, fingerprint)
+    run_id = capture(ServerSink(client), backend, prompt_set, fingerprint)    # stream to a server
+    bundle_id = capture(BundleSink("run.cmpbundle"), backend, prompt_set, fingerprint)  # offline
 
 The model is loaded and the fingerprint taken before the run is opened, so a model that fails
-to load leaves no run behind. Records are encoded and streamed as the backend makes them; if
-the backend fails midway the run is closed as failed, with the error as its reason.
+to load leaves no run behind. If the backend fails midway the run is closed as failed, with the
+error as its reason.
 """
 
 from __future__ import annotations
@@ -21,18 +22,40 @@ class CaptureError(RuntimeError):
     """A capture the server did not accept as complete."""
 
 
-def capture(client, backend, prompt_set, fingerprint: dict[str, str], progress: bool = True) -> str:
-    """Runs every prompt through the backend, uploads the records, closes the run; returns its id."""
-    options = backend.options()
-    run_id = client.open_run(fingerprint, options, prompt_set)
+class ServerSink:
+    """Streams a run to a compare server."""
+
+    def __init__(self, client):
+        self.client = client
+        self.run_id = ""
+
+    def open_run(self, fingerprint, options, prompt_set) -> str:
+        self.run_id = self.client.open_run(fingerprint, options, prompt_set).run_id
+        return self.run_id
+
+    def upload(self, records) -> None:
+        self.client.upload(self.run_id, records)
+
+    def close_run(self, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
+        return self.client.close_run(self.run_id, record_count, digest, abort_reason=abort_reason)
+
+
+def capture(sink, backend, prompt_set, fingerprint: dict[str, str], continuations=None,
+            extra_options: dict[str, str] | None = None, progress: bool = True) -> str:
+    """Runs every prompt through the backend into the sink and closes the run; returns its id.
+
+    continuations: for forced scoring, the token ids to score after each prompt.
+    """
+    options = {**backend.options(), **(extra_options or {})}
+    run_id = sink.open_run(fingerprint, options, prompt_set)
     texts = [p.text for p in prompt_set.prompts]
     hashes: list[str] = []
     failure: list[BaseException] = []
-    bar = tqdm(total=len(texts), desc=f"capture {run_id}", unit="prompt", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(texts), desc=f"capture {run_id[:12]}", unit="prompt", file=sys.stderr, disable=not progress)
 
     def records():
         try:
-            for index, arrays in enumerate(backend.records(texts)):
+            for index, arrays in enumerate(backend.records(texts, continuations)):
                 blob = encode(arrays)
                 hashes.append(record_sha256(blob))
                 bar.update(1)
@@ -41,14 +64,14 @@ def capture(client, backend, prompt_set, fingerprint: dict[str, str], progress: 
             failure.append(e)
 
     try:
-        client.upload(run_id, records())
+        sink.upload(records())
     finally:
         bar.close()
     if failure:
         error = failure[0]
-        client.close_run(run_id, len(hashes), run_digest(hashes), abort_reason=f"{type(error).__name__}: {error}")
+        sink.close_run(len(hashes), run_digest(hashes), abort_reason=f"{type(error).__name__}: {error}")
         raise error
-    status, reason = client.close_run(run_id, len(hashes), run_digest(hashes))
+    status, reason = sink.close_run(len(hashes), run_digest(hashes))
     if status != "complete":
         raise CaptureError(f"run {run_id} failed on the server: {reason}")
     return run_id

@@ -107,18 +107,22 @@ def serve(db, listen):
 @click.option("--batch-size", default=32, show_default=True, help="embed: prompts per forward pass.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model folder's own Python code.")
 @click.option("--label", default="", help="Free text stored with the run, e.g. 'CANN 8.5.1 nightly'.")
+@click.option("--score-against", default="", metavar="RUN",
+              help="logprobs: score the tokens of this baseline run (id, or a bundle file) instead of decoding.")
+@click.option("--out", default="", metavar="FILE", help="Write an offline bundle instead of streaming (`cmp push` it later).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @client_errors
 def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, top_k, max_new_tokens,
-            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, quiet):
+            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, quiet):
     """Run a prompt set through a model on this host's device and upload the run.
 
-    Prints the new run id as the last line of stdout.
+    Prints the new run id (with --out, the bundle's path) as the last line of stdout.
 
     Example: cmp capture --model ./all-MiniLM-L6-v2 --device npu:0 --dtype bfloat16 --mode embed --prompts multilingual-24
     """
     from capture_agent.agent import CaptureRequest, run_capture
     from capture_agent.backends import BackendError
+    from capture_agent.bundle import BundleError
     from capture_agent.capture import CaptureError
     from capture_agent.prompts import PromptSetError
 
@@ -126,12 +130,39 @@ def capture(server, model_path, model_name, device, dtype, mode, prompts, backen
         server=server, model_path=model_path, model_name=model_name, device=device, dtype=dtype, mode=mode,
         prompts=prompts, backend=backend, top_k=top_k, max_new_tokens=max_new_tokens,
         full_vocab_first=full_vocab_first, pooling=pooling, normalize=normalize, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, label=label, progress=not quiet,
+        trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out,
+        progress=not quiet,
     )
     try:
         run_id = run_capture(request)
-    except (BackendError, PromptSetError, CaptureError, OSError) as e:
+    except (BackendError, BundleError, PromptSetError, CaptureError, OSError) as e:
         raise click.ClickException(str(e)) from None
+    click.echo(run_id)
+
+
+@cli.command()
+@server_option
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@client_errors
+def push(server, bundle):
+    """Upload an offline bundle made by `cmp capture --out`. Pushing it again changes nothing.
+
+    Prints the run id as the last line of stdout.
+
+    Example: cmp push npu-run.cmpbundle --server compare-host:50051
+    """
+    from capture_agent.bundle import BundleError
+    from capture_agent.capture import CaptureError
+    from capture_agent.push import push_bundle
+    from compare_server.client import Client
+
+    try:
+        with Client(server) as client:
+            run_id, already = push_bundle(client, bundle)
+    except (BundleError, CaptureError) as e:
+        raise CmpUsageError(str(e)) from None
+    if already:
+        click.echo(f"{bundle} was pushed before: it is run {run_id}", err=True)
     click.echo(run_id)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import grpc
 
@@ -23,6 +24,13 @@ from proto.messages import fingerprint_to_pb, run_from_pb
 BATCH_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 QUERY_TIMEOUT_S = 120.0
+
+
+class OpenedRun(NamedTuple):
+    run_id: str
+    existing: bool  # the client key named a run the server already had
+    status: str
+    stored_indexes: list[int]
 
 
 class ServerError(Exception):
@@ -77,15 +85,17 @@ class Client:
 
     # -- capture ----------------------------------------------------------------------------
 
-    def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set) -> str:
+    def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set, client_key: str = "") -> OpenedRun:
         request = pb.OpenRunRequest(
             fingerprint=fingerprint_to_pb(fingerprint, options),
             prompt_set=pb.PromptSet(
                 name=prompt_set.name, digest=prompt_set.digest,
                 prompts=[pb.Prompt(id=p.id, text=p.text) for p in prompt_set.prompts],
             ),
+            client_key=client_key,
         )
-        return self._call(self._stub.OpenRun, request).run_id
+        reply = self._call(self._stub.OpenRun, request)
+        return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
 
     def upload(self, run_id: str, records: Iterable[tuple[int, bytes]]) -> pb.UploadSummary:
         """Streams (index, blob) records, batched; the iterable may be produced while it streams."""
@@ -98,6 +108,14 @@ class Client:
         return reply.status, reply.reason
 
     # -- queries ----------------------------------------------------------------------------
+
+    def get_records(self, run_id: str) -> Iterator[tuple[int, bytes]]:
+        """A stored run's (index, blob) records in index order, streamed."""
+        try:
+            for rec in self._stub.GetRecords(pb.GetRecordsRequest(run_id=run_id), timeout=QUERY_TIMEOUT_S):
+                yield rec.index, rec.blob
+        except grpc.RpcError as e:
+            raise ServerError(e.code(), e.details() or e.code().name) from None
 
     def list_runs(self, limit: int = 0) -> list[dict]:
         return [run_from_pb(r) for r in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]

@@ -66,13 +66,20 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
             fingerprint, options = fingerprint_from_pb(request.fingerprint)
             if fingerprint["mode"] not in ("embed", "greedy", "forced"):
                 raise errors.InvalidInput(f"unknown mode {fingerprint['mode']!r}: expected embed, greedy or forced")
-            run_id = self.store.open_run(
-                fingerprint, options, ps.name, ps.digest, [{"id": p.id, "text": p.text} for p in ps.prompts]
+            run_id, existing = self.store.open_run(
+                fingerprint, options, ps.name, ps.digest, [{"id": p.id, "text": p.text} for p in ps.prompts],
+                client_key=request.client_key,
             )
+            if existing:
+                run = self.store.get_run(run_id)
+                if run.prompt_set_digest != ps.digest:
+                    raise errors.Conflict(f"client key {request.client_key!r} belongs to run {run_id}, which has other prompts")
+                return pb.OpenRunReply(run_id=run_id, existing=True, status=run.status,
+                                       stored_indexes=self.store.stored_indexes(run_id))
             log.info(json.dumps({"event": "run_opened", "run": run_id, "model": fingerprint["model_name"],
                                  "device": fingerprint["device"], "dtype": fingerprint["dtype"],
                                  "mode": fingerprint["mode"], "prompts": len(ps.prompts)}))
-            return pb.OpenRunReply(run_id=run_id)
+            return pb.OpenRunReply(run_id=run_id, status="open")
 
     def UploadRecords(self, request_iterator, context):
         with _statuses(context):
@@ -81,6 +88,13 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
                 n, total = ingest_batch(self.store, batch.run_id, [(r.index, r.blob) for r in batch.records], kinds)
                 stored += n
             return pb.UploadSummary(stored=stored, total=total)
+
+    def GetRecords(self, request, context):
+        with _statuses(context):
+            run = self.store.get_run(request.run_id)
+            records = self.store.read_records(run.id)
+        for rec in records:
+            yield pb.Record(index=rec.index, blob=rec.blob)
 
     def CloseRun(self, request, context):
         with _statuses(context):

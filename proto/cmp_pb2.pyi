@@ -76,14 +76,28 @@ class PromptSet(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
 
 class OpenRunRequest(_message.Message):
-    __slots__ = ("fingerprint", "prompt_set")
+    __slots__ = ("fingerprint", "prompt_set", "client_key")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_SET_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     fingerprint: Fingerprint
     prompt_set: PromptSet
-    def __init__(self, fingerprint: _Optional[_Union[Fingerprint, _Mapping]] = ..., prompt_set: _Optional[_Union[PromptSet, _Mapping]] = ...) -> None: ...
+    client_key: str
+    def __init__(self, fingerprint: _Optional[_Union[Fingerprint, _Mapping]] = ..., prompt_set: _Optional[_Union[PromptSet, _Mapping]] = ..., client_key: _Optional[str] = ...) -> None: ...
 
 class OpenRunReply(_message.Message):
+    __slots__ = ("run_id", "existing", "status", "stored_indexes")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STORED_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    existing: bool
+    status: str
+    stored_indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., existing: _Optional[bool] = ..., status: _Optional[str] = ..., stored_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetRecordsRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str

@@ -44,6 +44,11 @@ class CompareStub:
                 request_serializer=proto_dot_cmp__pb2.RecordBatch.SerializeToString,
                 response_deserializer=proto_dot_cmp__pb2.UploadSummary.FromString,
                 _registered_method=True)
+        self.GetRecords = channel.unary_stream(
+                '/cmp.v1.Compare/GetRecords',
+                request_serializer=proto_dot_cmp__pb2.GetRecordsRequest.SerializeToString,
+                response_deserializer=proto_dot_cmp__pb2.Record.FromString,
+                _registered_method=True)
         self.CloseRun = channel.unary_unary(
                 '/cmp.v1.Compare/CloseRun',
                 request_serializer=proto_dot_cmp__pb2.CloseRunRequest.SerializeToString,
@@ -81,6 +86,14 @@ class CompareServicer:
         """Client-streaming upload of a run's records. Each message carries several whole records;
         a record is never split across messages. A message's records are stored in one
         transaction before the next message is read, so everything acknowledged is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecords(self, request, context):
+        """Streams a stored run's records in index order: a forced-scoring agent reads its
+        baseline's tokens this way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +140,11 @@ def add_CompareServicer_to_server(servicer, server):
                     servicer.UploadRecords,
                     request_deserializer=proto_dot_cmp__pb2.RecordBatch.FromString,
                     response_serializer=proto_dot_cmp__pb2.UploadSummary.SerializeToString,
+            ),
+            'GetRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetRecords,
+                    request_deserializer=proto_dot_cmp__pb2.GetRecordsRequest.FromString,
+                    response_serializer=proto_dot_cmp__pb2.Record.SerializeToString,
             ),
             'CloseRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseRun,
@@ -203,6 +221,33 @@ class Compare:
             '/cmp.v1.Compare/UploadRecords',
             proto_dot_cmp__pb2.RecordBatch.SerializeToString,
             proto_dot_cmp__pb2.UploadSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cmp.v1.Compare/GetRecords',
+            proto_dot_cmp__pb2.GetRecordsRequest.SerializeToString,
+            proto_dot_cmp__pb2.Record.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,7 +41,7 @@ def test_prompts_lists_the_built_in_sets_with_their_digests():
 def _embed_run(client, vectors, prompts, label="") -> str:
     ps = PromptSet("test", tuple(Prompt(f"p{i}", t) for i, t in enumerate(prompts)))
     run_id = client.open_run({"mode": "embed", "model_name": "m", "device": "cpu", "dtype": "float32",
-                              "backend": "hf", "label": label}, {}, ps)
+                              "backend": "hf", "label": label}, {}, ps).run_id
     blobs = [encode({"embedding": np.asarray(v, np.float32)}) for v in vectors]
     client.upload(run_id, enumerate(blobs))
     assert client.close_run(run_id, len(blobs), run_digest(map(record_sha256, blobs)))[0] == "complete"

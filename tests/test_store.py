@@ -8,9 +8,12 @@ import pytest
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN
 from compare_server.errors import Ambiguous, Conflict, DuplicateRecord, InvalidInput, NotFound, SchemaOutOfDate
-from compare_server.store.store import Store
+from compare_server.store.schema import head_revision
+from compare_server.store.store import Store, upgrade_database
 from proto.codec import encode
 from proto.digests import prompt_digest, record_sha256, run_digest
+
+from compare_server.store.models import FINGERPRINT_COLUMNS as FP
 
 PROMPTS = [{"id": f"p{i}", "text": f"prompt {i}"} for i in range(3)]
 DIGEST = prompt_digest((p["id"], p["text"]) for p in PROMPTS)
@@ -31,8 +34,10 @@ def _records(n=3, start=0):
     return out
 
 
-def _open(store, **fp):
-    return store.open_run({"mode": "embed", "model_name": "m", **fp}, {"pooling": "mean"}, "set", DIGEST, PROMPTS)
+def _open(store, client_key="", **fp):
+    run_id, _ = store.open_run({"mode": "embed", "model_name": "m", **fp}, {"pooling": "mean"}, "set", DIGEST,
+                               PROMPTS, client_key=client_key)
+    return run_id
 
 
 def test_a_run_goes_from_open_to_complete_when_count_and_digest_match(store):
@@ -114,7 +119,7 @@ def test_a_new_database_is_in_wal_mode_with_the_schema_at_head(tmp_path):
     Store(f"sqlite:///{tmp_path / 'x.db'}").close()
     con = sqlite3.connect(tmp_path / "x.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
 
 
 def test_a_database_with_an_unknown_schema_revision_is_refused_with_the_upgrade_command(tmp_path):
@@ -126,3 +131,35 @@ def test_a_database_with_an_unknown_schema_revision_is_refused_with_the_upgrade_
     con.close()
     with pytest.raises(SchemaOutOfDate, match="cmp db upgrade --db sqlite:///"):
         Store(f"sqlite:///{path}")
+
+
+def test_opening_a_run_with_a_stored_client_key_returns_that_run(store):
+    first = _open(store, client_key="bundle-1")
+    store.add_records(first, _records(1))
+    again, existing = store.open_run({"mode": "embed"}, {}, "set", DIGEST, PROMPTS, client_key="bundle-1")
+    assert (again, existing) == (first, True)
+    assert store.stored_indexes(first) == [0]
+    assert len(store.list_runs()) == 1
+
+
+def test_a_database_of_the_first_schema_with_runs_in_it_upgrades_without_losing_them(tmp_path):
+    from sqlalchemy import create_engine
+
+    from compare_server.store.schema import upgrade
+
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = create_engine(url)
+    upgrade(engine, "0001")
+    with engine.begin() as con:
+        con.exec_driver_sql("INSERT INTO prompt_sets VALUES ('d', '[]', 1)")
+        con.exec_driver_sql(
+            "INSERT INTO runs (id, status, status_reason, created_at, prompt_set_name, prompt_set_digest, prompt_count,"
+            " record_count, options_json, " + ", ".join(FP) + ") VALUES ('r1', 'complete', '', '2026-01-01 00:00:00',"
+            " 'set', 'd', 1, 0, '{}', " + ", ".join("''" for _ in FP) + ")")
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDate, match="revision 0001"):
+        Store(url)
+    assert upgrade_database(url) == head_revision()
+    upgraded = Store(url)
+    assert upgraded.get_run("r1").status == "complete"
+    upgraded.close()

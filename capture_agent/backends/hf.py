@@ -116,10 +116,17 @@ class HFBackend:
         return {"top_k": str(self.top_k), "max_new_tokens": str(self.max_new_tokens),
                 "full_vocab_first": str(self.full_vocab_first).lower()}
 
-    def records(self, texts: list[str]) -> Iterator[dict[str, np.ndarray]]:
-        """One record per text, in order, produced lazily so they can stream as they are made."""
+    def records(self, texts: list[str], continuations: list[np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """One record per text, in order, produced lazily so they can stream as they are made.
+
+        With continuations (forced scoring), each text's given token ids are scored instead of
+        decoding greedily.
+        """
         if self.mode == "embed":
             yield from self._embed(texts)
+        elif continuations is not None:
+            for text, continuation in zip(texts, continuations, strict=True):
+                yield self._forced(text, continuation)
         else:
             for text in texts:
                 yield self._greedy(text)
@@ -184,12 +191,32 @@ class HFBackend:
                     break
                 nxt = torch.tensor([[token]], device=self.device)
                 out = self.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-        record = {
-            "token_ids": np.asarray(tokens, dtype=np.int64),
-            "token_logprobs": np.asarray(token_lp, dtype=np.float32),
-            "topk_ids": np.stack(topk_ids).astype(np.int64),
-            "topk_logprobs": np.stack(topk_lp).astype(np.float32),
-        }
-        if full is not None:
-            record["full_logprobs"] = full.astype(np.float32)
-        return record
+        return _logprob_record(tokens, token_lp, np.stack(topk_ids), np.stack(topk_lp), full)
+
+    def _forced(self, text: str, continuation: np.ndarray) -> dict[str, np.ndarray]:
+        """Scores a given continuation with one forward pass over prompt + continuation."""
+        torch = self.torch
+        prompt = self.tokenizer(text, return_tensors="pt").input_ids[0]
+        cont = torch.as_tensor(np.asarray(continuation, dtype=np.int64))
+        ids = torch.cat([prompt, cont]).unsqueeze(0).to(self.device)
+        with torch.inference_mode():
+            # Position p's logits predict token p + 1: the continuation is predicted from the
+            # last prompt position up to the second-to-last position.
+            logits = self.model(input_ids=ids).logits[0, len(prompt) - 1 : ids.shape[1] - 1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            top = torch.topk(logprobs, min(self.top_k, logprobs.shape[-1]))
+            chosen = logprobs.gather(1, cont.to(self.device).unsqueeze(1))[:, 0]
+        full = logprobs[0].cpu().numpy() if self.full_vocab_first else None
+        return _logprob_record(cont.numpy(), chosen.cpu().numpy(), top.indices.cpu().numpy(), top.values.cpu().numpy(), full)
+
+
+def _logprob_record(tokens, token_lp, topk_ids, topk_lp, full=None) -> dict[str, np.ndarray]:
+    record = {
+        "token_ids": np.asarray(tokens, dtype=np.int64),
+        "token_logprobs": np.asarray(token_lp, dtype=np.float32),
+        "topk_ids": np.asarray(topk_ids, dtype=np.int64),
+        "topk_logprobs": np.asarray(topk_lp, dtype=np.float32),
+    }
+    if full is not None:
+        record["full_logprobs"] = np.asarray(full, dtype=np.float32)
+    return record

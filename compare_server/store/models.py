@@ -51,6 +51,8 @@ class RunRow(Base):
     prompt_count: Mapped[int] = mapped_column(Integer)
     record_count: Mapped[int] = mapped_column(Integer, default=0)
     options_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Set by agents that may send the same run twice (offline bundles); unique when set.
+    client_key: Mapped[str | None] = mapped_column(String(64), unique=True)
 
     host: Mapped[str] = mapped_column(String(255), default="")
     os: Mapped[str] = mapped_column(String(255), default="")

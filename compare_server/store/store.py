@@ -104,10 +104,17 @@ class Store:
     # -- runs ---------------------------------------------------------------------------------
 
     def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set_name: str,
-                 prompt_set_digest: str, prompts: list[dict[str, str]]) -> str:
-        """Stores a new open run (and its prompt set, once per digest); returns the run id."""
+                 prompt_set_digest: str, prompts: list[dict[str, str]], client_key: str = "") -> tuple[str, bool]:
+        """Stores a new open run (and its prompt set, once per digest); returns (run id, False).
+
+        With a client_key that a stored run already has, returns (that run's id, True) instead.
+        """
         run_id = uuid.uuid4().hex[:12]
         with self.session() as s:
+            if client_key:
+                existing = s.scalar(select(RunRow.id).where(RunRow.client_key == client_key))
+                if existing is not None:
+                    return existing, True
             if s.get(PromptSetRow, prompt_set_digest) is None:
                 s.add(PromptSetRow(
                     digest=prompt_set_digest,
@@ -118,10 +125,10 @@ class Store:
                 id=run_id, status=RUN_OPEN, status_reason="", created_at=_now(), completed_at=None,
                 prompt_set_name=prompt_set_name, prompt_set_digest=prompt_set_digest,
                 prompt_count=len(prompts), record_count=0,
-                options_json=json.dumps(options, sort_keys=True),
+                options_json=json.dumps(options, sort_keys=True), client_key=client_key or None,
                 **{k: fingerprint.get(k, "") for k in FINGERPRINT_COLUMNS},
             ))
-        return run_id
+        return run_id, False
 
     def add_records(self, run_id: str, records: list[tuple[int, bytes, str]]) -> int:
         """Stores (index, blob, sha256) records of an open run in one transaction; returns the run's total.
@@ -197,6 +204,11 @@ class Store:
                 .where(RecordRow.run_id == run_id).order_by(RecordRow.idx)
             ).all()
             return [StoredRecord(i, sha, blob) for i, sha, blob in rows]
+
+    def stored_indexes(self, run_id: str) -> list[int]:
+        """Indexes of the records a run holds, ascending."""
+        with self.session() as s:
+            return list(s.scalars(select(RecordRow.idx).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)))
 
     def get_prompts(self, digest: str) -> list[dict[str, str]]:
         with self.session() as s:
