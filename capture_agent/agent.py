@@ -80,7 +80,7 @@ def run_capture(req: CaptureRequest) -> str:
             trust_remote_code=req.trust_remote_code,
         )
         fingerprint = {
-            **host_fingerprint(),
+            **host_fingerprint(req.device),
             **backend.describe(),
             "backend": backend.name,
             "device": req.device,

@@ -28,7 +28,24 @@ def package_version(name: str) -> str:
         return ""
 
 
-def host_fingerprint() -> dict[str, str]:
+def accelerator_fingerprint(device: str) -> dict[str, str]:
+    """cann / driver / chip / cuda of the accelerator the device string names; empty for a CPU."""
+    kind = device.partition(":")[0]
+    try:
+        if kind == "npu":
+            from capture_agent.platforms.ascend import ascend_fingerprint
+
+            return ascend_fingerprint()
+        if kind == "cuda":
+            from capture_agent.platforms.nvidia import nvidia_fingerprint
+
+            return nvidia_fingerprint()
+    except Exception:  # noqa: BLE001  an odd host must never fail a capture
+        pass
+    return {}
+
+
+def host_fingerprint(device: str = "cpu") -> dict[str, str]:
     return {
         "host": socket.gethostname(),
         "os": platform.platform(),
@@ -38,10 +55,11 @@ def host_fingerprint() -> dict[str, str]:
         "transformers": package_version("transformers"),
         "vllm": package_version("vllm"),
         "vllm_ascend": package_version("vllm_ascend") or package_version("vllm-ascend"),
-        # Read from the Ascend install and driver tools on NPU and GPU hosts; empty elsewhere.
         "cann": "",
         "driver": "",
         "chip": "",
+        "cuda": "",
+        **accelerator_fingerprint(device),
     }
 
 

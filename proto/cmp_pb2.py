@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/cmp.proto\x12\x06\x63mp.v1\"\xad\x03\n\x0b\x46ingerprint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06python\x18\x03 \x01(\t\x12\r\n\x05torch\x18\x04 \x01(\t\x12\x11\n\ttorch_npu\x18\x05 \x01(\t\x12\x0c\n\x04\x63\x61nn\x18\x06 \x01(\t\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x0c\n\x04\x63hip\x18\x08 \x01(\t\x12\x0c\n\x04vllm\x18\t \x01(\t\x12\x13\n\x0bvllm_ascend\x18\n \x01(\t\x12\x14\n\x0ctransformers\x18\x0b \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x0e \x01(\t\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\x12\n\nmodel_name\x18\x10 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x11 \x01(\t\x12\x0c\n\x04mode\x18\x12 \x01(\t\x12\r\n\x05label\x18\x13 \x01(\t\x12\x31\n\x07options\x18\x14 \x03(\x0b\x32 .cmp.v1.Fingerprint.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"J\n\tPromptSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x1f\n\x07prompts\x18\x03 \x03(\x0b\x32\x0e.cmp.v1.Prompt\"u\n\x0eOpenRunRequest\x12(\n\x0b\x66ingerprint\x18\x01 \x01(\x0b\x32\x13.cmp.v1.Fingerprint\x12%\n\nprompt_set\x18\x02 \x01(\x0b\x32\x11.cmp.v1.PromptSet\x12\x12\n\nclient_key\x18\x03 \x01(\t\"X\n\x0cOpenRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\x0estored_indexes\x18\x04 \x03(\r\"#\n\x11GetRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"%\n\x06Record\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\">\n\x0bRecordBatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x07records\x18\x02 \x03(\x0b\x32\x0e.cmp.v1.Record\".\n\rUploadSummary\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"]\n\x0f\x43loseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0crecord_count\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x62ort_reason\x18\x04 \x01(\t\"/\n\rCloseRunReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xea\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rstatus_reason\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x11\n\tcompleted\x18\x05 \x01(\t\x12\x14\n\x0crecord_count\x18\x06 \x01(\r\x12\x17\n\x0fprompt_set_name\x18\x07 \x01(\t\x12\x19\n\x11prompt_set_digest\x18\x08 \x01(\t\x12\x14\n\x0cprompt_count\x18\t \x01(\r\x12(\n\x0b\x66ingerprint\x18\n \x01(\x0b\x32\x13.cmp.v1.Fingerprint\"*\n\rListRunsReply\x12\x19\n\x04runs\x18\x01 \x03(\x0b\x32\x0b.cmp.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x97\x01\n\x0b\x44iffRequest\x12\r\n\x05run_a\x18\x01 \x01(\t\x12\r\n\x05run_b\x18\x02 \x01(\t\x12\x37\n\nthresholds\x18\x03 \x03(\x0b\x32#.cmp.v1.DiffRequest.ThresholdsEntry\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\" \n\tDiffReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t2\x96\x03\n\x07\x43ompare\x12\x37\n\x07OpenRun\x12\x16.cmp.v1.OpenRunRequest\x1a\x14.cmp.v1.OpenRunReply\x12=\n\rUploadRecords\x12\x13.cmp.v1.RecordBatch\x1a\x15.cmp.v1.UploadSummary(\x01\x12\x39\n\nGetRecords\x12\x19.cmp.v1.GetRecordsRequest\x1a\x0e.cmp.v1.Record0\x01\x12:\n\x08\x43loseRun\x12\x17.cmp.v1.CloseRunRequest\x1a\x15.cmp.v1.CloseRunReply\x12:\n\x08ListRuns\x12\x17.cmp.v1.ListRunsRequest\x1a\x15.cmp.v1.ListRunsReply\x12,\n\x06GetRun\x12\x15.cmp.v1.GetRunRequest\x1a\x0b.cmp.v1.Run\x12\x32\n\x08\x44iffRuns\x12\x13.cmp.v1.DiffRequest\x1a\x11.cmp.v1.DiffReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/cmp.proto\x12\x06\x63mp.v1\"\xbb\x03\n\x0b\x46ingerprint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0e\n\x06python\x18\x03 \x01(\t\x12\r\n\x05torch\x18\x04 \x01(\t\x12\x11\n\ttorch_npu\x18\x05 \x01(\t\x12\x0c\n\x04\x63\x61nn\x18\x06 \x01(\t\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x0c\n\x04\x63hip\x18\x08 \x01(\t\x12\x0c\n\x04vllm\x18\t \x01(\t\x12\x13\n\x0bvllm_ascend\x18\n \x01(\t\x12\x14\n\x0ctransformers\x18\x0b \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x0e \x01(\t\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\x12\n\nmodel_name\x18\x10 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x11 \x01(\t\x12\x0c\n\x04mode\x18\x12 \x01(\t\x12\r\n\x05label\x18\x13 \x01(\t\x12\x31\n\x07options\x18\x14 \x03(\x0b\x32 .cmp.v1.Fingerprint.OptionsEntry\x12\x0c\n\x04\x63uda\x18\x15 \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"J\n\tPromptSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x1f\n\x07prompts\x18\x03 \x03(\x0b\x32\x0e.cmp.v1.Prompt\"u\n\x0eOpenRunRequest\x12(\n\x0b\x66ingerprint\x18\x01 \x01(\x0b\x32\x13.cmp.v1.Fingerprint\x12%\n\nprompt_set\x18\x02 \x01(\x0b\x32\x11.cmp.v1.PromptSet\x12\x12\n\nclient_key\x18\x03 \x01(\t\"X\n\x0cOpenRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x16\n\x0estored_indexes\x18\x04 \x03(\r\"#\n\x11GetRecordsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"%\n\x06Record\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\">\n\x0bRecordBatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x07records\x18\x02 \x03(\x0b\x32\x0e.cmp.v1.Record\".\n\rUploadSummary\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"]\n\x0f\x43loseRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0crecord_count\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x62ort_reason\x18\x04 \x01(\t\"/\n\rCloseRunReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xea\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rstatus_reason\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x11\n\tcompleted\x18\x05 \x01(\t\x12\x14\n\x0crecord_count\x18\x06 \x01(\r\x12\x17\n\x0fprompt_set_name\x18\x07 \x01(\t\x12\x19\n\x11prompt_set_digest\x18\x08 \x01(\t\x12\x14\n\x0cprompt_count\x18\t \x01(\r\x12(\n\x0b\x66ingerprint\x18\n \x01(\x0b\x32\x13.cmp.v1.Fingerprint\"*\n\rListRunsReply\x12\x19\n\x04runs\x18\x01 \x03(\x0b\x32\x0b.cmp.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x97\x01\n\x0b\x44iffRequest\x12\r\n\x05run_a\x18\x01 \x01(\t\x12\r\n\x05run_b\x18\x02 \x01(\t\x12\x37\n\nthresholds\x18\x03 \x03(\x0b\x32#.cmp.v1.DiffRequest.ThresholdsEntry\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\" \n\tDiffReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t2\x96\x03\n\x07\x43ompare\x12\x37\n\x07OpenRun\x12\x16.cmp.v1.OpenRunRequest\x1a\x14.cmp.v1.OpenRunReply\x12=\n\rUploadRecords\x12\x13.cmp.v1.RecordBatch\x1a\x15.cmp.v1.UploadSummary(\x01\x12\x39\n\nGetRecords\x12\x19.cmp.v1.GetRecordsRequest\x1a\x0e.cmp.v1.Record0\x01\x12:\n\x08\x43loseRun\x12\x17.cmp.v1.CloseRunRequest\x1a\x15.cmp.v1.CloseRunReply\x12:\n\x08ListRuns\x12\x17.cmp.v1.ListRunsRequest\x1a\x15.cmp.v1.ListRunsReply\x12,\n\x06GetRun\x12\x15.cmp.v1.GetRunRequest\x1a\x0b.cmp.v1.Run\x12\x32\n\x08\x44iffRuns\x12\x13.cmp.v1.DiffRequest\x1a\x11.cmp.v1.DiffReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIFFREQUEST_THRESHOLDSENTRY']._loaded_options = None
   _globals['_DIFFREQUEST_THRESHOLDSENTRY']._serialized_options = b'8\001'
   _globals['_FINGERPRINT']._serialized_start=28
-  _globals['_FINGERPRINT']._serialized_end=457
-  _globals['_FINGERPRINT_OPTIONSENTRY']._serialized_start=411
-  _globals['_FINGERPRINT_OPTIONSENTRY']._serialized_end=457
-  _globals['_PROMPT']._serialized_start=459
-  _globals['_PROMPT']._serialized_end=493
-  _globals['_PROMPTSET']._serialized_start=495
-  _globals['_PROMPTSET']._serialized_end=569
-  _globals['_OPENRUNREQUEST']._serialized_start=571
-  _globals['_OPENRUNREQUEST']._serialized_end=688
-  _globals['_OPENRUNREPLY']._serialized_start=690
-  _globals['_OPENRUNREPLY']._serialized_end=778
-  _globals['_GETRECORDSREQUEST']._serialized_start=780
-  _globals['_GETRECORDSREQUEST']._serialized_end=815
-  _globals['_RECORD']._serialized_start=817
-  _globals['_RECORD']._serialized_end=854
-  _globals['_RECORDBATCH']._serialized_start=856
-  _globals['_RECORDBATCH']._serialized_end=918
-  _globals['_UPLOADSUMMARY']._serialized_start=920
-  _globals['_UPLOADSUMMARY']._serialized_end=966
-  _globals['_CLOSERUNREQUEST']._serialized_start=968
-  _globals['_CLOSERUNREQUEST']._serialized_end=1061
-  _globals['_CLOSERUNREPLY']._serialized_start=1063
-  _globals['_CLOSERUNREPLY']._serialized_end=1110
-  _globals['_LISTRUNSREQUEST']._serialized_start=1112
-  _globals['_LISTRUNSREQUEST']._serialized_end=1144
-  _globals['_RUN']._serialized_start=1147
-  _globals['_RUN']._serialized_end=1381
-  _globals['_LISTRUNSREPLY']._serialized_start=1383
-  _globals['_LISTRUNSREPLY']._serialized_end=1425
-  _globals['_GETRUNREQUEST']._serialized_start=1427
-  _globals['_GETRUNREQUEST']._serialized_end=1458
-  _globals['_DIFFREQUEST']._serialized_start=1461
-  _globals['_DIFFREQUEST']._serialized_end=1612
-  _globals['_DIFFREQUEST_THRESHOLDSENTRY']._serialized_start=1563
-  _globals['_DIFFREQUEST_THRESHOLDSENTRY']._serialized_end=1612
-  _globals['_DIFFREPLY']._serialized_start=1614
-  _globals['_DIFFREPLY']._serialized_end=1646
-  _globals['_COMPARE']._serialized_start=1649
-  _globals['_COMPARE']._serialized_end=2055
+  _globals['_FINGERPRINT']._serialized_end=471
+  _globals['_FINGERPRINT_OPTIONSENTRY']._serialized_start=425
+  _globals['_FINGERPRINT_OPTIONSENTRY']._serialized_end=471
+  _globals['_PROMPT']._serialized_start=473
+  _globals['_PROMPT']._serialized_end=507
+  _globals['_PROMPTSET']._serialized_start=509
+  _globals['_PROMPTSET']._serialized_end=583
+  _globals['_OPENRUNREQUEST']._serialized_start=585
+  _globals['_OPENRUNREQUEST']._serialized_end=702
+  _globals['_OPENRUNREPLY']._serialized_start=704
+  _globals['_OPENRUNREPLY']._serialized_end=792
+  _globals['_GETRECORDSREQUEST']._serialized_start=794
+  _globals['_GETRECORDSREQUEST']._serialized_end=829
+  _globals['_RECORD']._serialized_start=831
+  _globals['_RECORD']._serialized_end=868
+  _globals['_RECORDBATCH']._serialized_start=870
+  _globals['_RECORDBATCH']._serialized_end=932
+  _globals['_UPLOADSUMMARY']._serialized_start=934
+  _globals['_UPLOADSUMMARY']._serialized_end=980
+  _globals['_CLOSERUNREQUEST']._serialized_start=982
+  _globals['_CLOSERUNREQUEST']._serialized_end=1075
+  _globals['_CLOSERUNREPLY']._serialized_start=1077
+  _globals['_CLOSERUNREPLY']._serialized_end=1124
+  _globals['_LISTRUNSREQUEST']._serialized_start=1126
+  _globals['_LISTRUNSREQUEST']._serialized_end=1158
+  _globals['_RUN']._serialized_start=1161
+  _globals['_RUN']._serialized_end=1395
+  _globals['_LISTRUNSREPLY']._serialized_start=1397
+  _globals['_LISTRUNSREPLY']._serialized_end=1439
+  _globals['_GETRUNREQUEST']._serialized_start=1441
+  _globals['_GETRUNREQUEST']._serialized_end=1472
+  _globals['_DIFFREQUEST']._serialized_start=1475
+  _globals['_DIFFREQUEST']._serialized_end=1626
+  _globals['_DIFFREQUEST_THRESHOLDSENTRY']._serialized_start=1577
+  _globals['_DIFFREQUEST_THRESHOLDSENTRY']._serialized_end=1626
+  _globals['_DIFFREPLY']._serialized_start=1628
+  _globals['_DIFFREPLY']._serialized_end=1660
+  _globals['_COMPARE']._serialized_start=1663
+  _globals['_COMPARE']._serialized_end=2069
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Fingerprint(_message.Message):
-    __slots__ = ("host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend", "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label", "options")
+    __slots__ = ("host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend", "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label", "options", "cuda")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Fingerprint(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CUDA_FIELD_NUMBER: _ClassVar[int]
     host: str
     os: str
     python: str
@@ -55,7 +56,8 @@ class Fingerprint(_message.Message):
     mode: str
     label: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, host: _Optional[str] = ..., os: _Optional[str] = ..., python: _Optional[str] = ..., torch: _Optional[str] = ..., torch_npu: _Optional[str] = ..., cann: _Optional[str] = ..., driver: _Optional[str] = ..., chip: _Optional[str] = ..., vllm: _Optional[str] = ..., vllm_ascend: _Optional[str] = ..., transformers: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., dtype: _Optional[str] = ..., model_name: _Optional[str] = ..., model_digest: _Optional[str] = ..., mode: _Optional[str] = ..., label: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cuda: str
+    def __init__(self, host: _Optional[str] = ..., os: _Optional[str] = ..., python: _Optional[str] = ..., torch: _Optional[str] = ..., torch_npu: _Optional[str] = ..., cann: _Optional[str] = ..., driver: _Optional[str] = ..., chip: _Optional[str] = ..., vllm: _Optional[str] = ..., vllm_ascend: _Optional[str] = ..., transformers: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., dtype: _Optional[str] = ..., model_name: _Optional[str] = ..., model_digest: _Optional[str] = ..., mode: _Optional[str] = ..., label: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., cuda: _Optional[str] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("id", "text")

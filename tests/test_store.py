@@ -13,8 +13,9 @@ from compare_server.store.store import Store, upgrade_database
 from proto.codec import encode
 from proto.digests import prompt_digest, record_sha256, run_digest
 
-from compare_server.store.models import FINGERPRINT_COLUMNS as FP
-
+# The fingerprint columns of the first schema (migration 0001).
+FP = ("host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend",
+      "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label")
 PROMPTS = [{"id": f"p{i}", "text": f"prompt {i}"} for i in range(3)]
 DIGEST = prompt_digest((p["id"], p["text"]) for p in PROMPTS)
 
@@ -161,5 +162,6 @@ def test_a_database_of_the_first_schema_with_runs_in_it_upgrades_without_losing_
         Store(url)
     assert upgrade_database(url) == head_revision()
     upgraded = Store(url)
-    assert upgraded.get_run("r1").status == "complete"
+    run = upgraded.get_run("r1")
+    assert run.status == "complete" and run.fingerprint["cuda"] == ""
     upgraded.close()

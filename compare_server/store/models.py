@@ -23,6 +23,7 @@ NAMING = {
 FINGERPRINT_COLUMNS = (
     "host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend",
     "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label",
+    "cuda",
 )
 
 
@@ -73,6 +74,7 @@ class RunRow(Base):
     model_digest: Mapped[str] = mapped_column(String(64), default="")
     mode: Mapped[str] = mapped_column(String(16), default="")
     label: Mapped[str] = mapped_column(String(255), default="")
+    cuda: Mapped[str] = mapped_column(String(64), default="")
 
 
 class RecordRow(Base):
