@@ -36,6 +36,9 @@ class CaptureRequest:
     batch_size: int = 32
     trust_remote_code: bool = False
     label: str = ""
+    engine_args: tuple[str, ...] = ()  # vllm: KEY=VALUE for vllm.LLM
+    endpoint: str = ""  # openai: the server's URL
+    tokenizer: str = ""  # openai: the served model's tokenizer, to map token texts to ids
     score_against: str = ""  # baseline run id (or bundle file) whose tokens are scored
     out: str = ""  # write an offline bundle here instead of streaming
     progress: bool = True
@@ -60,6 +63,26 @@ def baseline_continuations(client, baseline: str, prompt_set) -> tuple[str, list
     return run_id, [decode(blob)["token_ids"] for blob in blobs]
 
 
+def backend_kwargs(req: CaptureRequest) -> dict:
+    """The arguments of the chosen backend, refusing options that belong to another one."""
+    if req.engine_args and req.backend != "vllm":
+        raise BackendError("--engine-arg is for --backend vllm")
+    if req.endpoint and req.backend != "openai":
+        raise BackendError("--endpoint is for --backend openai")
+    common = dict(mode=req.mode, top_k=req.top_k, max_new_tokens=req.max_new_tokens,
+                  full_vocab_first=req.full_vocab_first, pooling=req.pooling, normalize=req.normalize,
+                  batch_size=req.batch_size)
+    if req.backend == "openai":
+        return dict(endpoint=req.endpoint, model=req.model_path, tokenizer=req.tokenizer or None, **common)
+    kwargs = dict(model_path=req.model_path, device=req.device, dtype=req.dtype,
+                  trust_remote_code=req.trust_remote_code, **common)
+    if req.backend == "vllm":
+        from capture_agent.backends.vllm import parse_engine_args
+
+        kwargs["engine_args"] = parse_engine_args(req.engine_args)
+    return kwargs
+
+
 def run_capture(req: CaptureRequest) -> str:
     """Runs the whole capture; returns the new run's id (or the bundle's path with --out)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,12 +96,7 @@ def run_capture(req: CaptureRequest) -> str:
         if req.score_against:
             baseline_id, continuations = baseline_continuations(client, req.score_against, prompt_set)
             extra = {"score_against": baseline_id}
-        backend = make_backend(
-            req.backend, model_path=req.model_path, device=req.device, dtype=req.dtype, mode=req.mode,
-            pooling=req.pooling, normalize=req.normalize, batch_size=req.batch_size, top_k=req.top_k,
-            max_new_tokens=req.max_new_tokens, full_vocab_first=req.full_vocab_first,
-            trust_remote_code=req.trust_remote_code,
-        )
+        backend = make_backend(req.backend, **backend_kwargs(req))
         fingerprint = {
             **host_fingerprint(req.device),
             **backend.describe(),

@@ -70,8 +70,13 @@ def weight_files(model_path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def model_digest(model_path: str | pathlib.Path) -> str:
-    """sha256 over "relative-name sha256" lines of every weight file: same weights, same digest."""
+    """sha256 over "relative-name sha256" lines of every weight file: same weights, same digest.
+
+    "" when the model is not a local path (a model name served by an OpenAI-compatible server).
+    """
     root = pathlib.Path(model_path)
+    if not root.exists():
+        return ""
     outer = hashlib.sha256()
     for f in weight_files(root):
         h = hashlib.sha256()

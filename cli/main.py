@@ -91,13 +91,19 @@ def serve(db, listen):
 
 @cli.command()
 @server_option
-@click.option("--model", "model_path", required=True, help="Model folder, or a .gguf file.")
+@click.option("--model", "model_path", required=True,
+              help="Model folder or .gguf file (openai: the served model's name or path).")
 @click.option("--model-name", default=None, help="Name to record (default: from the model path).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or npu[:N].")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--mode", type=click.Choice(["embed", "logprobs"]), required=True)
 @click.option("--prompts", required=True, help="Built-in prompt set (`cmp prompts`) or a JSONL file.")
-@click.option("--backend", default="hf", show_default=True, help="How to run the model: hf.")
+@click.option("--backend", type=click.Choice(["hf", "vllm", "openai"]), default="hf", show_default=True,
+              help="How to run the model: transformers, vllm.LLM, or an OpenAI-compatible server.")
+@click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
+              help="vllm: passed to vllm.LLM, e.g. --engine-arg max_model_len=4096 --engine-arg enforce_eager=true.")
+@click.option("--endpoint", default="", help="openai: the server's URL, e.g. http://127.0.0.1:8000.")
+@click.option("--tokenizer", default="", help="openai: the served model's tokenizer folder, to map tokens to ids.")
 @click.option("--top-k", default=20, show_default=True, help="logprobs: candidates kept per position.")
 @click.option("--max-new-tokens", default=32, show_default=True, help="logprobs: greedy steps per prompt.")
 @click.option("--full-vocab-first", is_flag=True, help="logprobs: also send the whole first-position distribution.")
@@ -112,7 +118,8 @@ def serve(db, listen):
 @click.option("--out", default="", metavar="FILE", help="Write an offline bundle instead of streaming (`cmp push` it later).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @client_errors
-def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, top_k, max_new_tokens,
+def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, engine_args, endpoint, tokenizer,
+            top_k, max_new_tokens,
             full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, quiet):
     """Run a prompt set through a model on this host's device and upload the run.
 
@@ -128,7 +135,8 @@ def capture(server, model_path, model_name, device, dtype, mode, prompts, backen
 
     request = CaptureRequest(
         server=server, model_path=model_path, model_name=model_name, device=device, dtype=dtype, mode=mode,
-        prompts=prompts, backend=backend, top_k=top_k, max_new_tokens=max_new_tokens,
+        prompts=prompts, backend=backend, engine_args=engine_args, endpoint=endpoint, tokenizer=tokenizer,
+        top_k=top_k, max_new_tokens=max_new_tokens,
         full_vocab_first=full_vocab_first, pooling=pooling, normalize=normalize, batch_size=batch_size,
         trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out,
         progress=not quiet,

@@ -11,7 +11,7 @@ class BackendError(RuntimeError):
     """A model or device that cannot be used as asked; the message says what to do."""
 
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm", "openai")
 
 
 def make_backend(name: str, **kwargs):
@@ -20,4 +20,12 @@ def make_backend(name: str, **kwargs):
         from capture_agent.backends.hf import HFBackend
 
         return HFBackend(**kwargs)
+    if name == "vllm":
+        from capture_agent.backends.vllm import VLLMBackend
+
+        return VLLMBackend(**kwargs)
+    if name == "openai":
+        from capture_agent.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(**kwargs)
     raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
