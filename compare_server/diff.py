@@ -98,6 +98,12 @@ def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None
     else:
         forced = "forced" in (a.fingerprint["mode"], b.fingerprint["mode"])
         per, summary = logprob_metrics(recs_a, recs_b, forced=forced)
+        missing = len(recs_a) - summary["prompts_compared"]
+        if missing:
+            notes.append(
+                f"{missing} of {len(recs_a)} prompts have no compared position: a run produced no token for "
+                "them (OpenAI-compatible servers do not report an end-of-sequence token chosen first)"
+            )
         if summary["diverged_prompts"]:
             notes.append(
                 f"greedy outputs diverge in {summary['diverged_prompts']} of {len(recs_a)} prompts "

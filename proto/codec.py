@@ -3,7 +3,7 @@
 A record holds one prompt's outputs. Which arrays it must hold depends on the run's kind:
 
     embed      embedding [D] float32
-    logprobs   token_ids [T] int64, token_logprobs [T] float32,
+    logprobs   token_ids [T] int64, token_logprobs [T] float32 (T may be 0),
                topk_ids [T,K] int64, topk_logprobs [T,K] float32,
                optional full_logprobs [V] float32 (position 0 over the whole vocabulary)
 
@@ -104,9 +104,14 @@ def validate(arrays: dict[str, np.ndarray], kind: str) -> None:
         a = arrays[name]
         if a.dtype != dtype:
             raise RecordError(f"tensor {name!r} is {a.dtype}, expected {dtype}")
-        if a.ndim != ndim or 0 in a.shape:
-            raise RecordError(f"tensor {name!r} has shape {list(a.shape)}, expected {ndim} non-empty dimensions")
+        if a.ndim != ndim:
+            raise RecordError(f"tensor {name!r} has shape {list(a.shape)}, expected {ndim} dimensions")
+    if kind == "embed" and arrays["embedding"].size == 0:
+        raise RecordError("tensor 'embedding' is empty")
     if kind == "logprobs":
+        # Zero positions is allowed: a server that ends at once (EOS first) reports no token.
+        if arrays["token_ids"].size and arrays["topk_ids"].shape[1] == 0:
+            raise RecordError("tensor 'topk_ids' has no candidates (K = 0)")
         t = arrays["token_ids"].shape[0]
         for name in ("token_logprobs", "topk_ids", "topk_logprobs"):
             if arrays[name].shape[0] != t:

@@ -33,6 +33,11 @@ def _logprob_record(t=3, k=4):
     }
 
 
+def test_a_logprob_record_with_no_positions_is_valid():
+    """A server that ends at once (EOS first) reports no token for that prompt."""
+    validate(decode(encode(_logprob_record(t=0))), "logprobs")
+
+
 def test_valid_records_of_both_kinds_pass_validation():
     validate(decode(encode({"embedding": np.ones(8, np.float32)})), "embed")
     validate(decode(encode(_logprob_record())), "logprobs")
@@ -64,8 +69,10 @@ def test_offsets_that_disagree_with_the_shape_are_refused():
 
 @pytest.mark.parametrize("arrays, kind, message", [
     ({"embedding": np.ones(4, np.float64)}, "embed", "expected float32"),
-    ({"embedding": np.ones((2, 4), np.float32)}, "embed", "expected 1 non-empty"),
-    ({"embedding": np.ones(0, np.float32)}, "embed", "expected 1 non-empty"),
+    ({"embedding": np.ones((2, 4), np.float32)}, "embed", "expected 1 dimensions"),
+    ({"embedding": np.ones(0, np.float32)}, "embed", "is empty"),
+    ({**_logprob_record(), "topk_ids": np.zeros((3, 0), np.int64), "topk_logprobs": np.zeros((3, 0), np.float32)},
+     "logprobs", "no candidates"),
     ({"vector": np.ones(4, np.float32)}, "embed", "unexpected tensors"),
     ({"embedding": np.ones(4, np.float32)}, "logprobs", "unexpected tensors"),
     ({k: v for k, v in _logprob_record().items() if k != "topk_ids"}, "logprobs", "missing tensor 'topk_ids'"),

@@ -97,3 +97,12 @@ def test_full_vocab_first_position_metrics_are_exact(full_pair):
     _, s = logprob_metrics([a], [b], forced=False)
     pa, pb = np.exp(la[0].astype(np.float64)), np.exp(lb[0].astype(np.float64))
     assert s["full_kl_first"] == pytest.approx(rel_entr(pa, pb).sum(), rel=1e-4)
+
+
+def test_a_prompt_without_positions_is_left_out_of_the_means(full_pair):
+    la, lb = full_pair
+    empty = {"token_ids": np.zeros(0, np.int64), "token_logprobs": np.zeros(0, np.float32),
+             "topk_ids": np.zeros((0, 0), np.int64), "topk_logprobs": np.zeros((0, 0), np.float32)}
+    per, s = logprob_metrics([_record(la, 6), _record(la, 6)], [_record(lb, 6), empty], forced=False)
+    assert per["positions"].tolist()[1] == 0 and np.isnan(per["kl"][1])
+    assert s["prompts_compared"] == 1 and s["kl"] == pytest.approx(per["kl"][0])

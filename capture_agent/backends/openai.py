@@ -26,6 +26,11 @@ import numpy as np
 from capture_agent.backends import BackendError
 
 TOKEN_ID = re.compile(r"^token_id:(\d+)$")
+# Server extensions beyond the OpenAI API, ignored where unknown: ask vLLM for token ids, and
+# switch off the repetition penalties llama.cpp applies by default even at temperature 0
+# (greedy there would otherwise not pick the most likely token).
+GREEDY_EXTRAS = {"return_tokens_as_token_ids": True, "repeat_penalty": 1.0, "repetition_penalty": 1.0,
+                 "frequency_penalty": 0.0, "presence_penalty": 0.0}
 TIMEOUT_S = 600
 
 
@@ -87,14 +92,14 @@ def completion_record(logprobs: dict, k: int, token_map: TokenMap | None, first:
         ranked = sorted(mapped.items(), key=lambda p: (-p[1], p[0]))[:k]
         topk_ids.append([t for t, _ in ranked])
         topk_lps.append([lp for _, lp in ranked])
-    width = min(len(r) for r in topk_ids) if topk_ids else 0
+    width = min((len(r) for r in topk_ids), default=k)
     if width == 0:
         raise BackendError("the server returned no top logprobs that map to token ids: check --tokenizer")
     return {
         "token_ids": np.asarray(ids, np.int64),
         "token_logprobs": np.asarray(chosen_lp, np.float32),
-        "topk_ids": np.asarray([r[:width] for r in topk_ids], np.int64),
-        "topk_logprobs": np.asarray([r[:width] for r in topk_lps], np.float32),
+        "topk_ids": np.asarray([r[:width] for r in topk_ids], np.int64).reshape(len(ids), width),
+        "topk_logprobs": np.asarray([r[:width] for r in topk_lps], np.float32).reshape(len(ids), width),
     }
 
 
@@ -168,7 +173,7 @@ class OpenAIBackend:
             for text in texts:
                 reply = self._post("/v1/completions", {
                     "model": self.server_model, "prompt": text, "max_tokens": self.max_new_tokens,
-                    "temperature": 0.0, "logprobs": self.top_k, "return_tokens_as_token_ids": True,
+                    "temperature": 0.0, "logprobs": self.top_k, **GREEDY_EXTRAS,
                 })
                 yield completion_record(reply["choices"][0]["logprobs"], self.top_k, self.token_map)
 
@@ -179,7 +184,7 @@ class OpenAIBackend:
         try:
             reply = self._post("/v1/completions", {
                 "model": self.server_model, "prompt": prompt + cont, "max_tokens": 1, "echo": True,
-                "temperature": 0.0, "logprobs": self.top_k, "return_tokens_as_token_ids": True,
+                "temperature": 0.0, "logprobs": self.top_k, **GREEDY_EXTRAS,
             })
         except BackendError as e:
             raise BackendError(f"the server cannot score given tokens (echo + logprobs over a token-id prompt), "

@@ -57,15 +57,19 @@ def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 
 def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int]) -> Positions:
-    """Stacks the first lengths[i] positions of every prompt, cut to a common K."""
-    k = min(min(r["topk_ids"].shape[1] for r in records_a), min(r["topk_ids"].shape[1] for r in records_b))
+    """Stacks the first lengths[i] positions of every prompt, each cut to a common K."""
+    widths = [r["topk_ids"].shape[1] for r in (*records_a, *records_b) if r["topk_ids"].shape[0]]
+    k = min(widths, default=1)
     prompt = np.repeat(np.arange(len(lengths)), lengths)
 
-    def cat(records, name):
-        return np.concatenate([r[name][:n] for r, n in zip(records, lengths)]) if prompt.size else np.zeros((0, k))
+    def stacked(records):
+        parts = [_sorted_topk(r["topk_ids"][:n], r["topk_logprobs"][:n], k) for r, n in zip(records, lengths) if n]
+        if not parts:
+            return np.zeros((0, k), np.int64), np.zeros((0, k))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    ids_a, lp_a = _sorted_topk(cat(records_a, "topk_ids"), cat(records_a, "topk_logprobs"), k)
-    ids_b, lp_b = _sorted_topk(cat(records_b, "topk_ids"), cat(records_b, "topk_logprobs"), k)
+    ids_a, lp_a = stacked(records_a)
+    ids_b, lp_b = stacked(records_b)
     return Positions(prompt, ids_a, lp_a, ids_b, lp_b)
 
 
@@ -187,7 +191,13 @@ def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
     if full:
         per.update(full)
 
-    summary: dict[str, float | int | None] = {name: float(np.mean(per[name])) for name in POSITION_METRICS}
+    # A prompt with no compared position (a run that stopped at once) has NaN metrics and is
+    # left out of the means; if no prompt has a position, the summary is NaN and gates fail.
+    compared = np.asarray(lengths) > 0
+    summary: dict[str, float | int | None] = {
+        name: float(np.mean(per[name][compared])) if compared.any() else float("nan") for name in POSITION_METRICS
+    }
+    summary["prompts_compared"] = int(compared.sum())
     if full:
         summary.update({name: float(np.mean(v)) for name, v in full.items()})
     diverged = [d for d in divergence if d is not None]
