@@ -202,21 +202,43 @@ def prompts(name, as_json):
                               [[s.name, str(len(s.prompts)), s.digest[:12], BUILTIN_DESCRIPTIONS.get(s.name, "")] for s in sets]))
 
 
+def run_filter_options(f):
+    """Options that select runs, shared by `cmp runs` and `cmp history`."""
+    options = [
+        click.option("--device", default="", help="Device kind (npu), device (npu:1) or part of its name (910B3)."),
+        click.option("--dtype", default="", help="float32, bfloat16, float16."),
+        click.option("--backend", default="", help="hf, vllm, openai."),
+        click.option("--mode", default="", help="embed, greedy, forced."),
+        click.option("--label", default="", help="Part of the label."),
+        click.option("--since", default="", help="Created at or after this ISO date/time."),
+        click.option("--until", default="", help="Created before this ISO date/time."),
+        click.option("--where", "where", multiple=True, metavar="COND",
+                     help="Fingerprint condition, version-aware: --where 'cann>=8.5' --where 'vllm_ascend==0.18.0'."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @server_option
+@click.option("--model", default="", help="Model name, exactly.")
+@run_filter_options
+@click.option("--status", default="", type=click.Choice(["", "open", "complete", "failed"]), help="Run status.")
 @click.option("--limit", default=0, help="At most this many runs (newest first); 0 for all.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @client_errors
-def runs(server, limit, as_json):
-    """List stored runs, newest first.
+def runs(server, model, device, dtype, backend, mode, label, since, until, where, status, limit, as_json):
+    """List stored runs, newest first, filtered by model, device, versions, ...
 
-    Example: cmp runs --limit 20
+    Example: cmp runs --model Pleias-RAG-350M --device npu --where 'cann>=8.5' --where 'vllm_ascend==0.18.0'
     """
     from compare_server.client import Client
     from compare_server.report import render_runs
 
     with Client(server) as client:
-        found = client.list_runs(limit)
+        found = client.list_runs(limit, model=model, device=device, dtype=dtype, backend=backend, mode=mode,
+                                 label=label, status=status, since=since, until=until, where=list(where))
     click.echo(json.dumps(found, indent=2, ensure_ascii=False) if as_json else render_runs(found))
 
 

@@ -117,8 +117,10 @@ class Client:
         except grpc.RpcError as e:
             raise ServerError(e.code(), e.details() or e.code().name) from None
 
-    def list_runs(self, limit: int = 0) -> list[dict]:
-        return [run_from_pb(r) for r in self._call(self._stub.ListRuns, pb.ListRunsRequest(limit=limit)).runs]
+    def list_runs(self, limit: int = 0, **filters) -> list[dict]:
+        """Runs newest first; filters are ListRunsRequest's fields (model, device, where=[...], ...)."""
+        request = pb.ListRunsRequest(limit=limit, **filters)
+        return [run_from_pb(r) for r in self._call(self._stub.ListRuns, request).runs]
 
     def get_run(self, run_id: str) -> dict:
         return run_from_pb(self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id)))

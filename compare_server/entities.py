@@ -33,3 +33,20 @@ class StoredRecord:
     index: int
     sha256: str
     blob: bytes
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to list; empty fields match everything. `where` holds versions.Where conditions."""
+
+    model: str = ""
+    device: str = ""
+    dtype: str = ""
+    backend: str = ""
+    mode: str = ""
+    label: str = ""
+    status: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    where: tuple = ()
+    limit: int = 0

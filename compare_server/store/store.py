@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, StoredRecord
+from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
 from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound
 from compare_server.store.models import FINGERPRINT_COLUMNS, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
@@ -187,11 +187,31 @@ class Store:
         with self.session() as s:
             return _to_run(self._run_row(s, id_or_prefix))
 
-    def list_runs(self, limit: int = 0) -> list[Run]:
+    def list_runs(self, limit: int = 0, filters: RunFilter | None = None) -> list[Run]:
+        """Runs matching the filter's column conditions, newest first.
+
+        The version-aware `where` conditions are the caller's (compare_server.runs), since
+        versions do not sort as strings in SQL.
+        """
+        f = filters or RunFilter()
         with self.session() as s:
             q = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id)
-            if limit:
-                q = q.limit(limit)
+            for column, value in ((RunRow.model_name, f.model), (RunRow.dtype, f.dtype), (RunRow.backend, f.backend),
+                                  (RunRow.mode, f.mode), (RunRow.status, f.status)):
+                if value:
+                    q = q.where(column == value)
+            if f.device:
+                q = q.where(or_(RunRow.device == f.device, RunRow.device.startswith(f.device + ":", autoescape=True),
+                                RunRow.device_name.contains(f.device, autoescape=True),
+                                RunRow.chip.contains(f.device, autoescape=True)))
+            if f.label:
+                q = q.where(RunRow.label.contains(f.label, autoescape=True))
+            if f.since:
+                q = q.where(RunRow.created_at >= f.since)
+            if f.until:
+                q = q.where(RunRow.created_at < f.until)
+            if limit or f.limit:
+                q = q.limit(limit or f.limit)
             return [_to_run(r) for r in s.scalars(q)]
 
     # -- records and prompts --------------------------------------------------------------------
@@ -229,8 +249,7 @@ class Store:
         row = s.get(RunRow, id_or_prefix)
         if row is not None:
             return row
-        escaped = id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = s.scalars(select(RunRow).where(RunRow.id.like(escaped + "%", escape="\\")).limit(2)).all()
+        rows = s.scalars(select(RunRow).where(RunRow.id.startswith(id_or_prefix, autoescape=True)).limit(2)).all()
         if not rows:
             raise NotFound(f"no run {id_or_prefix!r}: `cmp runs` lists the stored runs")
         if len(rows) > 1:
