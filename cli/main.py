@@ -297,6 +297,80 @@ def diff(server, run_a, run_b, fmt, thresholds, gate):
         sys.exit(1)
 
 
+@cli.command()
+@server_option
+@click.option("--model", required=True, help="Model name, exactly.")
+@click.option("--device", default="", help="Only runs on this device kind or device (npu, npu:0).")
+@click.option("--baseline", default="cpu:float32", show_default=True,
+              help="DEVICE:DTYPE (the newest such run of the same model and prompts) or a run id.")
+@click.option("--regression-tolerance", default=0.001, show_default=True,
+              help="Flag a row whose headline metric is worse than the previous row's by more than this.")
+@click.option("--where", "where", multiple=True, metavar="COND", help="Version condition, e.g. 'cann>=8.3'.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Gate override for each row.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table", show_default=True)
+@click.option("-o", "--output", default="", help="Write to this file instead of stdout (html: the page).")
+@client_errors
+def history(server, model, device, baseline, regression_tolerance, where, thresholds, fmt, output):
+    """How a model's accuracy and speed moved across CANN, vLLM-Ascend, vLLM and torch_npu versions.
+
+    Example: cmp history --model Pleias-RAG-350M --device npu --baseline cpu:float32 --format html -o history.html
+    """
+    from compare_server.client import Client
+    from compare_server.report import render_history
+
+    with Client(server) as client:
+        table = client.history(model, device, baseline, regression_tolerance, list(where), _thresholds(thresholds))
+    _emit(render_history(table, fmt), output)
+
+
+@cli.command()
+@server_option
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--metric", default="", help="Summary metric to show (default: cos_min or prob_cos).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@client_errors
+def matrix(server, run_ids, metric, fmt):
+    """A headline metric for every pair of runs: CPU, GPU and NPU side by side.
+
+    Example: cmp matrix 3f9c0a a71b22 c0ffee --metric prob_cos
+    """
+    from compare_server.client import Client
+    from compare_server.report import render_matrix
+
+    with Client(server) as client:
+        click.echo(render_matrix(client.matrix(list(run_ids), metric), fmt))
+
+
+@cli.command()
+@server_option
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("-o", "--output", required=True, help="The HTML file to write.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Gate override.")
+@client_errors
+def report(server, run_a, run_b, output, thresholds):
+    """Write one self-contained HTML page comparing two runs: tables, charts, fingerprints.
+
+    Example: cmp report 3f9c0a a71b22 -o npu-vs-cpu.html
+    """
+    from compare_server.client import Client
+    from compare_server.html import report_page
+
+    with Client(server) as client:
+        diff_report = client.diff(run_a, run_b, _thresholds(thresholds), detail=True)
+        page = report_page(diff_report, client.get_run(diff_report["run_a"]["id"]), client.get_run(diff_report["run_b"]["id"]))
+    _emit(page, output)
+
+
+def _emit(text: str, output: str) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
 @cli.group()
 def db():
     """Manage the store's database."""

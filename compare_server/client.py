@@ -125,6 +125,17 @@ class Client:
     def get_run(self, run_id: str) -> dict:
         return run_from_pb(self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id)))
 
-    def diff(self, run_a: str, run_b: str, thresholds: dict[str, float] | None = None) -> dict:
-        reply = self._call(self._stub.DiffRuns, pb.DiffRequest(run_a=run_a, run_b=run_b, thresholds=thresholds or {}))
+    def diff(self, run_a: str, run_b: str, thresholds: dict[str, float] | None = None, detail: bool = False) -> dict:
+        request = pb.DiffRequest(run_a=run_a, run_b=run_b, thresholds=thresholds or {}, detail=detail)
+        reply = self._call(self._stub.DiffRuns, request)
+        return json.loads(reply.report_json)
+
+    def history(self, model: str, device: str = "", baseline: str = "cpu:float32", tolerance: float = 0.001,
+                where: list[str] | None = None, thresholds: dict[str, float] | None = None) -> dict:
+        request = pb.HistoryRequest(model=model, device=device, baseline=baseline, regression_tolerance=tolerance,
+                                    where=where or [], thresholds=thresholds or {})
+        return json.loads(self._call(self._stub.History, request).report_json)
+
+    def matrix(self, run_ids: list[str], metric: str = "") -> dict:
+        reply = self._call(self._stub.Matrix, pb.MatrixRequest(run_ids=run_ids, metric=metric))
         return json.loads(reply.report_json)

@@ -15,9 +15,9 @@ import numpy as np
 from compare_server.entities import RUN_COMPLETE, Run
 from compare_server.errors import CannotCompare, InvalidInput
 from compare_server.metrics import METRICS_VERSION
-from compare_server.metrics.embeddings import embedding_metrics
+from compare_server.metrics.embeddings import embedding_metrics, error_histogram
 from compare_server.metrics.gates import GateError, evaluate_gates
-from compare_server.metrics.logprobs import logprob_metrics
+from compare_server.metrics.logprobs import logprob_metrics, position_detail
 from proto.codec import RecordError, decode, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
@@ -70,25 +70,19 @@ def _run_summary(run: Run) -> dict:
     }
 
 
-def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None = None) -> dict:
-    """Compares run_b against the baseline run_a; raises CannotCompare, NotFound or InvalidInput."""
-    a, b = store.get_run(run_a), store.get_run(run_b)
-    check_comparable(a, b)
-    kind = a.kind
-    try:
-        evaluate_gates(kind, {}, thresholds)  # refuse a bad threshold before the expensive part
-    except GateError as e:
-        raise InvalidInput(str(e)) from None
+def compute_diff(store, a: Run, b: Run) -> dict:
+    """Everything about two comparable runs that does not depend on gates: what the cache keeps."""
     recs_a, recs_b = _decoded(store, a), _decoded(store, b)
     prompts = store.get_prompts(a.prompt_set_digest)
+    kind = a.kind
     notes: list[str] = []
-
     if kind == "embed":
         ea = np.stack([r["embedding"] for r in recs_a])
         eb = np.stack([r["embedding"] for r in recs_b])
         if ea.shape != eb.shape:
             raise CannotCompare(f"runs {a.id} and {b.id} have embeddings of different sizes: {ea.shape[1]} vs {eb.shape[1]}")
         per, summary = embedding_metrics(ea, eb)
+        detail = {"error_histogram": error_histogram(ea, eb)}
         if summary["cos_mean"] < MISMATCH_COS:
             notes.append(
                 f"cos_mean {summary['cos_mean']:.4f} is far below the 0.999+ that bf16-vs-fp32 rounding gives: "
@@ -98,6 +92,7 @@ def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None
     else:
         forced = "forced" in (a.fingerprint["mode"], b.fingerprint["mode"])
         per, summary = logprob_metrics(recs_a, recs_b, forced=forced)
+        detail = {"per_position": position_detail(recs_a, recs_b, forced=forced)}
         missing = len(recs_a) - summary["prompts_compared"]
         if missing:
             notes.append(
@@ -110,8 +105,6 @@ def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None
                 f"(earliest at position {summary['first_divergence']}); positions after a divergence are not compared"
                 if not forced else f"{summary['diverged_prompts']} prompts have different scored tokens"
             )
-
-    gates, verdict = evaluate_gates(kind, summary, thresholds)
     per_prompt = []
     for i, p in enumerate(prompts):
         row = {"index": i, "id": p["id"], "text": p["text"]}
@@ -127,7 +120,39 @@ def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None
         "run_b": _run_summary(b),
         "per_prompt": per_prompt,
         "summary": {k: _json_number(v) for k, v in summary.items()},
-        "gates": [{**g, "value": _json_number(g["value"])} for g in gates],
-        "verdict": verdict,
         "notes": notes,
+        "detail": detail,
     }
+
+
+def cached_diff(store, a: Run, b: Run) -> dict:
+    """compute_diff, looked up first: complete runs never change, so a diff is computed once per
+    metrics version."""
+    core = store.get_cached_diff(a.id, b.id, METRICS_VERSION)
+    if core is None:
+        core = compute_diff(store, a, b)
+        store.put_cached_diff(a.id, b.id, METRICS_VERSION, core)
+    return core
+
+
+def with_gates(core: dict, thresholds: dict[str, float] | None, detail: bool) -> dict:
+    """The report: the diff's metrics plus gates and verdict under these thresholds."""
+    gates, verdict = evaluate_gates(core["kind"], core["summary"], thresholds)
+    report = {k: v for k, v in core.items() if detail or k != "detail"}
+    report["gates"] = [{**g, "value": _json_number(g["value"])} for g in gates]
+    report["verdict"] = verdict
+    return report
+
+
+def diff_runs(store, run_a: str, run_b: str, thresholds: dict[str, float] | None = None, detail: bool = False) -> dict:
+    """Compares run_b against the baseline run_a; raises CannotCompare, NotFound or InvalidInput.
+
+    detail adds what a picture needs: per-position values (logprobs) or an error histogram (embed).
+    """
+    a, b = store.get_run(run_a), store.get_run(run_b)
+    check_comparable(a, b)
+    try:
+        evaluate_gates(a.kind, {}, thresholds)  # refuse a bad threshold before the expensive part
+    except GateError as e:
+        raise InvalidInput(str(e)) from None
+    return with_gates(cached_diff(store, a, b), thresholds, detail)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import unicodedata
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "html")
 
 
 def _num(fmt: str):
@@ -141,3 +141,53 @@ def render_run(run: dict) -> str:
         width = max(len(k) for k in run["options"])
         lines += ["", "options"] + [f"  {k.ljust(width)}  {v}" for k, v in sorted(run["options"].items())]
     return "\n".join(lines)
+
+
+def _with_change(value, change, fmt: str) -> str:
+    if value is None:
+        return "-"
+    text = format(value, fmt)
+    return f"{text} ({change:+{fmt}})" if change else text
+
+
+def _perf_cell(points: list[dict]) -> str:
+    return ", ".join(f"bs{p['batch_size']} {p['throughput']:.1f}/s" for p in points) or "-"
+
+
+def render_history(history: dict, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(history, indent=2, ensure_ascii=False)
+    if fmt == "html":
+        from compare_server.html import history_page
+
+        return history_page(history)
+    md = fmt == "markdown"
+    rows = history["rows"]
+    head = (f"history of {history['model']}" + (f" on {history['device']}" if history["device"] else "")
+            + f", baseline {history['baseline']}, regression tolerance {history['tolerance']}")
+    if not rows:
+        return head + "\n\nno complete runs match"
+    metric_names = []
+    for r in rows:
+        metric_names += [m for m in r["metrics"] if m not in metric_names]
+    headers = ["#", "run", *history["order"], "device", "dtype", *metric_names, "verdict", "speed", "flag"]
+    table = []
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r["run"], *(r["versions"][f] or "-" for f in history["order"]), r["device"], r["dtype"]]
+        cells += [_with_change(r["metrics"].get(m), r["change"].get(m), ".6f" if m != "error_rate" else ".4f")
+                  for m in metric_names]
+        flag = ("worse: " + ", ".join(r["regression"])) if r["regression"] else (r["error"] or "")
+        cells += [r["verdict"] or "-", _perf_cell(r["perf"]), flag]
+        table.append(cells)
+    regressions = sum(1 for r in rows if r["regression"])
+    tail = f"{len(rows)} runs, {regressions} flagged as regressions"
+    return "\n\n".join([head, text_table(headers, table, md), tail])
+
+
+def render_matrix(matrix: dict, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(matrix, indent=2, ensure_ascii=False)
+    names = [f"{r['id'][:8]} {r['device']} {r['dtype']}" for r in matrix["runs"]]
+    rows = [[names[i], *("-" if v is None else f"{v:.6f}" for v in line)] for i, line in enumerate(matrix["cells"])]
+    head = f"{matrix['metric']}: row = baseline, column = compared run"
+    return head + "\n\n" + text_table(["baseline \\ run", *names], rows, fmt == "markdown")

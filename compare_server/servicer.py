@@ -11,6 +11,7 @@ import grpc
 from compare_server import errors
 from compare_server.diff import diff_runs
 from compare_server.entities import Run
+from compare_server.history import model_history, run_matrix
 from compare_server.ingest import ingest_batch
 from compare_server.runs import find_runs, run_filter
 from compare_server.store.store import StoreError
@@ -121,5 +122,17 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
 
     def DiffRuns(self, request, context):
         with _statuses(context):
-            report = diff_runs(self.store, request.run_a, request.run_b, dict(request.thresholds))
+            report = diff_runs(self.store, request.run_a, request.run_b, dict(request.thresholds), request.detail)
             return pb.DiffReply(report_json=json.dumps(report, ensure_ascii=False))
+
+    def History(self, request, context):
+        with _statuses(context):
+            where = run_filter(where=tuple(request.where)).where
+            report = model_history(self.store, request.model, request.device, request.baseline or "cpu:float32",
+                                   request.regression_tolerance, where, dict(request.thresholds))
+            return pb.ReportReply(report_json=json.dumps(report, ensure_ascii=False))
+
+    def Matrix(self, request, context):
+        with _statuses(context):
+            report = run_matrix(self.store, list(request.run_ids), request.metric)
+            return pb.ReportReply(report_json=json.dumps(report, ensure_ascii=False))

@@ -212,7 +212,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
-    __slots__ = ("run_a", "run_b", "thresholds")
+    __slots__ = ("run_a", "run_b", "thresholds", "detail")
     class ThresholdsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,12 +223,51 @@ class DiffRequest(_message.Message):
     RUN_A_FIELD_NUMBER: _ClassVar[int]
     RUN_B_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     run_a: str
     run_b: str
     thresholds: _containers.ScalarMap[str, float]
-    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    detail: bool
+    def __init__(self, run_a: _Optional[str] = ..., run_b: _Optional[str] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., detail: _Optional[bool] = ...) -> None: ...
 
 class DiffReply(_message.Message):
+    __slots__ = ("report_json",)
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    def __init__(self, report_json: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("model", "device", "baseline", "regression_tolerance", "where", "thresholds")
+    class ThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    device: str
+    baseline: str
+    regression_tolerance: float
+    where: _containers.RepeatedScalarFieldContainer[str]
+    thresholds: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., baseline: _Optional[str] = ..., regression_tolerance: _Optional[float] = ..., where: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class MatrixRequest(_message.Message):
+    __slots__ = ("run_ids", "metric")
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    metric: str
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., metric: _Optional[str] = ...) -> None: ...
+
+class ReportReply(_message.Message):
     __slots__ = ("report_json",)
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     report_json: str

@@ -69,6 +69,16 @@ class CompareStub:
                 request_serializer=proto_dot_cmp__pb2.DiffRequest.SerializeToString,
                 response_deserializer=proto_dot_cmp__pb2.DiffReply.FromString,
                 _registered_method=True)
+        self.History = channel.unary_unary(
+                '/cmp.v1.Compare/History',
+                request_serializer=proto_dot_cmp__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=proto_dot_cmp__pb2.ReportReply.FromString,
+                _registered_method=True)
+        self.Matrix = channel.unary_unary(
+                '/cmp.v1.Compare/Matrix',
+                request_serializer=proto_dot_cmp__pb2.MatrixRequest.SerializeToString,
+                response_deserializer=proto_dot_cmp__pb2.ReportReply.FromString,
+                _registered_method=True)
 
 
 class CompareServicer:
@@ -128,6 +138,20 @@ class CompareServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """A model's runs ordered by their versions, each diffed against a baseline, with regressions flagged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Matrix(self, request, context):
+        """A headline metric for every ordered pair of a set of runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompareServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +189,16 @@ def add_CompareServicer_to_server(servicer, server):
                     servicer.DiffRuns,
                     request_deserializer=proto_dot_cmp__pb2.DiffRequest.FromString,
                     response_serializer=proto_dot_cmp__pb2.DiffReply.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=proto_dot_cmp__pb2.HistoryRequest.FromString,
+                    response_serializer=proto_dot_cmp__pb2.ReportReply.SerializeToString,
+            ),
+            'Matrix': grpc.unary_unary_rpc_method_handler(
+                    servicer.Matrix,
+                    request_deserializer=proto_dot_cmp__pb2.MatrixRequest.FromString,
+                    response_serializer=proto_dot_cmp__pb2.ReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +390,60 @@ class Compare:
             '/cmp.v1.Compare/DiffRuns',
             proto_dot_cmp__pb2.DiffRequest.SerializeToString,
             proto_dot_cmp__pb2.DiffReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cmp.v1.Compare/History',
+            proto_dot_cmp__pb2.HistoryRequest.SerializeToString,
+            proto_dot_cmp__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Matrix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cmp.v1.Compare/Matrix',
+            proto_dot_cmp__pb2.MatrixRequest.SerializeToString,
+            proto_dot_cmp__pb2.ReportReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,6 +26,7 @@ def test_python_packages_sort_by_pep_440():
     ("cann>=8.5", {"cann": "8.5.1"}, True),
     ("cann>=8.5", {"cann": "8.1.RC1"}, False),
     ("cann<8.0.0", {"cann": "8.0.RC2"}, True),
+    ("cann>=8.3", {"cann": "8.3.RC1"}, False),  # a release candidate comes before its release
     ("cann>=8.5", {"cann": ""}, False),
     ("vllm_ascend==0.18.0", {"vllm_ascend": "0.18.0"}, True),
     ("vllm_ascend==0.18.0", {"vllm_ascend": "0.18.0rc1"}, False),

@@ -97,3 +97,12 @@ def embedding_metrics(a: np.ndarray, b: np.ndarray) -> tuple[dict[str, np.ndarra
         "nonfinite_b": int(np.count_nonzero(~np.isfinite(b))),
     }
     return per, summary
+
+
+def error_histogram(a: np.ndarray, b: np.ndarray, bins: int = 30) -> dict[str, list]:
+    """Histogram of every element's |â - b̂|: what a report plots to show how errors spread."""
+    errors = np.abs(normalise(a) - normalise(b)).ravel()
+    errors = errors[np.isfinite(errors)]
+    top = float(errors.max()) if errors.size else 1.0
+    counts, edges = np.histogram(errors, bins=bins, range=(0.0, top if top > 0 else 1.0))
+    return {"edges": edges.tolist(), "counts": counts.tolist()}

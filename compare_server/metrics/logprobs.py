@@ -177,13 +177,25 @@ def full_first_metrics(records_a: list[dict], records_b: list[dict]) -> dict[str
     return {"full_prob_cos_first": cos, "full_kl_first": _kl(fa, fb)}
 
 
+def _compare(records_a: list[dict], records_b: list[dict], forced: bool):
+    lengths = [compared_length(a["token_ids"], b["token_ids"], forced) for a, b in zip(records_a, records_b)]
+    pos = stack_positions(records_a, records_b, lengths)
+    return lengths, pos, position_metrics(pos)
+
+
+def position_detail(records_a: list[dict], records_b: list[dict], forced: bool) -> dict[str, list]:
+    """KL and top-1 agreement at every compared position, columnar: what a report plots."""
+    lengths, pos, values = _compare(records_a, records_b, forced)
+    position = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0, np.int64)
+    return {"prompt": pos.prompt.tolist(), "position": position.tolist(),
+            "kl": values["kl"].tolist(), "top1_match": values["top1_match"].tolist()}
+
+
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
     """Per-prompt metric arrays and the summary for two runs' records of the same prompts."""
     n = len(records_a)
-    lengths = [compared_length(a["token_ids"], b["token_ids"], forced) for a, b in zip(records_a, records_b)]
+    lengths, pos, values = _compare(records_a, records_b, forced)
     divergence = [first_divergence(a["token_ids"], b["token_ids"]) for a, b in zip(records_a, records_b)]
-    pos = stack_positions(records_a, records_b, lengths)
-    values = position_metrics(pos)
     per = {name: _per_prompt_mean(values[name], pos.prompt, n) for name in POSITION_METRICS}
     per["positions"] = np.asarray(lengths, dtype=np.int64)
     per["first_divergence"] = np.asarray([-1 if d is None else d for d in divergence], dtype=np.int64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints, so migrations can refer to them on SQLite and PostgreSQL alike.
@@ -85,6 +85,31 @@ class RecordRow(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DiffCacheRow(Base):
+    """A diff's metrics (the report without its gates), valid forever: complete runs never change."""
+
+    __tablename__ = "diff_cache"
+    run_a: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    run_b: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    metrics_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class PerfRow(Base):
+    """Speed at one batch size, measured by the agent after warm-up (`cmp capture --perf`)."""
+
+    __tablename__ = "run_perf"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    batch_size: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batches: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)  # per request: batch latency / batch size
+    p50_ms: Mapped[float] = mapped_column(Float)  # batch latency percentiles
+    p95_ms: Mapped[float] = mapped_column(Float)
+    p99_ms: Mapped[float] = mapped_column(Float)
+    throughput: Mapped[float] = mapped_column(Float)  # requests per second
 
 
 Index("ix_runs_model_device_dtype", RunRow.model_name, RunRow.device, RunRow.dtype)

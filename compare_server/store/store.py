@@ -25,11 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
 from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound
-from compare_server.store.models import FINGERPRINT_COLUMNS, PromptSetRow, RecordRow, RunRow
+from compare_server.store.models import FINGERPRINT_COLUMNS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import run_digest
 
 DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
+PERF_FIELDS = ("batch_size", "batches", "latency_ms", "p50_ms", "p95_ms", "p99_ms", "throughput")
 
 
 class StoreError(CmpError):
@@ -236,6 +237,43 @@ class Store:
             if row is None:
                 raise NotFound(f"no prompt set with digest {digest[:12]}")
             return json.loads(row.prompts_json)
+
+    # -- diff cache and perf ---------------------------------------------------------------------
+
+    def get_cached_diff(self, run_a: str, run_b: str, metrics_version: int) -> dict | None:
+        with self.session() as s:
+            row = s.get(DiffCacheRow, (run_a, run_b, metrics_version))
+            return json.loads(row.report_json) if row else None
+
+    def get_cached_diffs(self, pairs: list[tuple[str, str]], metrics_version: int) -> dict[tuple[str, str], dict]:
+        """Many cached diffs in one query (history over a thousand runs needs no more)."""
+        wanted = set(pairs)
+        with self.session() as s:
+            rows = s.execute(select(DiffCacheRow.run_a, DiffCacheRow.run_b, DiffCacheRow.report_json).where(
+                DiffCacheRow.metrics_version == metrics_version,
+                DiffCacheRow.run_b.in_({b for _, b in wanted}),
+            )).all()
+            return {(a, b): json.loads(j) for a, b, j in rows if (a, b) in wanted}
+
+    def put_cached_diff(self, run_a: str, run_b: str, metrics_version: int, report: dict) -> None:
+        with self.session() as s:
+            s.merge(DiffCacheRow(run_a=run_a, run_b=run_b, metrics_version=metrics_version,
+                                 report_json=json.dumps(report, ensure_ascii=False), created_at=_now()))
+
+    def add_perf(self, run_id: str, points: list[dict]) -> None:
+        """Stores speed measurements of an open run (one per batch size)."""
+        with self.session() as s:
+            self._open_run_row(s, run_id)
+            for p in points:
+                s.merge(PerfRow(run_id=run_id, **p))
+
+    def get_perf(self, run_ids: list[str]) -> dict[str, list[dict]]:
+        with self.session() as s:
+            rows = s.scalars(select(PerfRow).where(PerfRow.run_id.in_(run_ids)).order_by(PerfRow.batch_size)).all()
+            out: dict[str, list[dict]] = {}
+            for r in rows:
+                out.setdefault(r.run_id, []).append({c: getattr(r, c) for c in PERF_FIELDS})
+            return out
 
     def count_runs(self) -> int:
         with self.session() as s:
