@@ -14,6 +14,7 @@ from capture_agent.backends import BackendError, make_backend
 from capture_agent.bundle import BundleSink, read_bundle
 from capture_agent.capture import ServerSink, capture
 from capture_agent.fingerprint import host_fingerprint, model_digest, model_name
+from capture_agent.perf import parse_batch_sizes
 from capture_agent.prompts import load_prompt_set
 from proto.codec import decode
 
@@ -41,6 +42,7 @@ class CaptureRequest:
     tokenizer: str = ""  # openai: the served model's tokenizer, to map token texts to ids
     score_against: str = ""  # baseline run id (or bundle file) whose tokens are scored
     out: str = ""  # write an offline bundle here instead of streaming
+    perf: str = ""  # batch sizes to time, e.g. "1,4,16"
     progress: bool = True
 
 
@@ -91,6 +93,7 @@ def run_capture(req: CaptureRequest) -> str:
     if req.score_against and req.mode != "logprobs":
         raise BackendError("--score-against scores tokens: use it with --mode logprobs")
     prompt_set = load_prompt_set(req.prompts)  # before the model: a typo should fail in a second
+    batch_sizes = parse_batch_sizes(req.perf) if req.perf else []
     with Client(req.server) as client:
         continuations, extra = None, {}
         if req.score_against:
@@ -110,5 +113,5 @@ def run_capture(req: CaptureRequest) -> str:
         }
         sink = BundleSink(req.out) if req.out else ServerSink(client)
         run_id = capture(sink, backend, prompt_set, fingerprint, continuations=continuations,
-                         extra_options=extra, progress=req.progress)
+                         extra_options=extra, perf_batch_sizes=batch_sizes, progress=req.progress)
         return str(sink.path) if req.out else run_id

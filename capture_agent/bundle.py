@@ -42,6 +42,7 @@ class Bundle:
     prompt_set: PromptSet
     records: list[tuple[int, bytes]]
     digest: str
+    perf: list[dict]
 
 
 def _entry(index: int) -> str:
@@ -73,12 +74,12 @@ class BundleSink:
             self._zip.writestr(_entry(index), blob)
             self._hashes.append(record_sha256(blob))
 
-    def close_run(self, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
+    def close_run(self, record_count: int, digest: str, abort_reason: str = "", perf=None) -> tuple[str, str]:
         if abort_reason:
             self._zip.close()
             self.partial.unlink(missing_ok=True)
             return "failed", abort_reason
-        self._header.update(record_count=record_count, record_sha256=self._hashes, digest=digest)
+        self._header.update(record_count=record_count, record_sha256=self._hashes, digest=digest, perf=perf or [])
         self._zip.writestr("run.json", json.dumps(self._header, ensure_ascii=False, indent=1))
         self._zip.close()
         os.replace(self.partial, self.path)
@@ -112,4 +113,5 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     prompt_set = PromptSet(ps["name"], tuple(Prompt(p["id"], p["text"]) for p in ps["prompts"]))
     if prompt_set.digest != ps["digest"] or len(prompt_set.prompts) != count:
         raise BundleError(f"{path}: its prompt set does not match its digest or its record count")
-    return Bundle(header["bundle_id"], header["fingerprint"], header["options"], prompt_set, records, header["digest"])
+    return Bundle(header["bundle_id"], header["fingerprint"], header["options"], prompt_set, records,
+                  header["digest"], header.get("perf", []))

@@ -36,15 +36,16 @@ class ServerSink:
     def upload(self, records) -> None:
         self.client.upload(self.run_id, records)
 
-    def close_run(self, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
-        return self.client.close_run(self.run_id, record_count, digest, abort_reason=abort_reason)
+    def close_run(self, record_count: int, digest: str, abort_reason: str = "", perf=None) -> tuple[str, str]:
+        return self.client.close_run(self.run_id, record_count, digest, abort_reason=abort_reason, perf=perf)
 
 
 def capture(sink, backend, prompt_set, fingerprint: dict[str, str], continuations=None,
-            extra_options: dict[str, str] | None = None, progress: bool = True) -> str:
+            extra_options: dict[str, str] | None = None, perf_batch_sizes=(), progress: bool = True) -> str:
     """Runs every prompt through the backend into the sink and closes the run; returns its id.
 
     continuations: for forced scoring, the token ids to score after each prompt.
+    perf_batch_sizes: also measure speed at these batch sizes (after the records, before closing).
     """
     options = {**backend.options(), **(extra_options or {})}
     run_id = sink.open_run(fingerprint, options, prompt_set)
@@ -71,7 +72,12 @@ def capture(sink, backend, prompt_set, fingerprint: dict[str, str], continuation
         error = failure[0]
         sink.close_run(len(hashes), run_digest(hashes), abort_reason=f"{type(error).__name__}: {error}")
         raise error
-    status, reason = sink.close_run(len(hashes), run_digest(hashes))
+    perf = None
+    if perf_batch_sizes:
+        from capture_agent.perf import measure
+
+        perf = measure(backend, texts, list(perf_batch_sizes))
+    status, reason = sink.close_run(len(hashes), run_digest(hashes), perf=perf)
     if status != "complete":
         raise CaptureError(f"run {run_id} failed on the server: {reason}")
     return run_id

@@ -23,7 +23,7 @@ def push_bundle(client, path) -> tuple[str, bool]:
                            f"`cmp show {opened.run_id}` says why")
     stored = set(opened.stored_indexes)
     client.upload(opened.run_id, ((i, blob) for i, blob in bundle.records if i not in stored))
-    status, reason = client.close_run(opened.run_id, len(bundle.records), bundle.digest)
+    status, reason = client.close_run(opened.run_id, len(bundle.records), bundle.digest, perf=bundle.perf)
     if status != "complete":
         raise CaptureError(f"run {opened.run_id} failed on the server: {reason}")
     return opened.run_id, False

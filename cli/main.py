@@ -116,11 +116,13 @@ def serve(db, listen):
 @click.option("--score-against", default="", metavar="RUN",
               help="logprobs: score the tokens of this baseline run (id, or a bundle file) instead of decoding.")
 @click.option("--out", default="", metavar="FILE", help="Write an offline bundle instead of streaming (`cmp push` it later).")
+@click.option("--perf", default="", metavar="SIZES",
+              help="Also time the model at these batch sizes after warm-up, e.g. --perf 1,4,16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @client_errors
 def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, engine_args, endpoint, tokenizer,
             top_k, max_new_tokens,
-            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, quiet):
+            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, perf, quiet):
     """Run a prompt set through a model on this host's device and upload the run.
 
     Prints the new run id (with --out, the bundle's path) as the last line of stdout.
@@ -131,6 +133,7 @@ def capture(server, model_path, model_name, device, dtype, mode, prompts, backen
     from capture_agent.backends import BackendError
     from capture_agent.bundle import BundleError
     from capture_agent.capture import CaptureError
+    from capture_agent.perf import PerfError
     from capture_agent.prompts import PromptSetError
 
     request = CaptureRequest(
@@ -138,12 +141,12 @@ def capture(server, model_path, model_name, device, dtype, mode, prompts, backen
         prompts=prompts, backend=backend, engine_args=engine_args, endpoint=endpoint, tokenizer=tokenizer,
         top_k=top_k, max_new_tokens=max_new_tokens,
         full_vocab_first=full_vocab_first, pooling=pooling, normalize=normalize, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out,
+        trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out, perf=perf,
         progress=not quiet,
     )
     try:
         run_id = run_capture(request)
-    except (BackendError, BundleError, PromptSetError, CaptureError, OSError) as e:
+    except (BackendError, BundleError, PromptSetError, CaptureError, PerfError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(run_id)
 

@@ -17,7 +17,7 @@ import grpc
 
 from proto import cmp_pb2 as pb
 from proto import cmp_pb2_grpc
-from proto.messages import fingerprint_to_pb, run_from_pb
+from proto.messages import fingerprint_to_pb, perf_to_pb, run_from_pb
 
 # Records are batched into messages of about this size: one gRPC stream carries ~15 MB/s in
 # 3 KB messages but hundreds of MB/s in messages of 300 KB and more.
@@ -102,8 +102,10 @@ class Client:
         # No deadline: the stream lasts as long as the model takes to produce the records.
         return self._call(self._stub.UploadRecords, batch_records(records, run_id), timeout=None)
 
-    def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
-        request = pb.CloseRunRequest(run_id=run_id, record_count=record_count, digest=digest, abort_reason=abort_reason)
+    def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "",
+                  perf: list[dict] | None = None) -> tuple[str, str]:
+        request = pb.CloseRunRequest(run_id=run_id, record_count=record_count, digest=digest,
+                                     abort_reason=abort_reason, perf=perf_to_pb(perf or []))
         reply = self._call(self._stub.CloseRun, request)
         return reply.status, reply.reason
 

@@ -137,6 +137,11 @@ def render_run(run: dict) -> str:
     ]
     width = max(len(k) for k in run["fingerprint"])
     lines += [f"  {k.ljust(width)}  {v or '-'}" for k, v in run["fingerprint"].items()]
+    if run.get("perf"):
+        lines += ["", "speed (after warm-up)",
+                  text_table(["batch", "calls", "ms/request", "p50 ms", "p95 ms", "p99 ms", "requests/s"],
+                             [[str(p["batch_size"]), str(p["batches"]), f"{p['latency_ms']:.2f}", f"{p['p50_ms']:.2f}",
+                               f"{p['p95_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['throughput']:.1f}"] for p in run["perf"]])]
     if run["options"]:
         width = max(len(k) for k in run["options"])
         lines += ["", "options"] + [f"  {k.ljust(width)}  {v}" for k, v in sorted(run["options"].items())]

@@ -18,7 +18,7 @@ from compare_server.store.store import StoreError
 from proto import cmp_pb2 as pb
 from proto import cmp_pb2_grpc
 from proto.digests import prompt_digest
-from proto.messages import fingerprint_from_pb, fingerprint_to_pb
+from proto.messages import fingerprint_from_pb, fingerprint_to_pb, perf_from_pb, perf_to_pb
 
 log = logging.getLogger("cmp.server")
 
@@ -43,8 +43,8 @@ def _statuses(context: grpc.ServicerContext):
         context.abort(code, str(e))
 
 
-def run_to_pb(run: Run) -> pb.Run:
-    return pb.Run(
+def run_to_pb(run: Run, perf: list[dict] = ()) -> pb.Run:
+    return pb.Run(perf=perf_to_pb(perf),
         run_id=run.id, status=run.status, status_reason=run.status_reason,
         created=run.created_at.isoformat(timespec="seconds") + "Z",
         completed=run.completed_at.isoformat(timespec="seconds") + "Z" if run.completed_at else "",
@@ -100,6 +100,8 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
 
     def CloseRun(self, request, context):
         with _statuses(context):
+            if request.perf and not request.abort_reason:
+                self.store.add_perf(request.run_id, perf_from_pb(request.perf))
             status, reason = self.store.close_run(
                 request.run_id, request.record_count, request.digest, request.abort_reason
             )
@@ -118,7 +120,8 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
 
     def GetRun(self, request, context):
         with _statuses(context):
-            return run_to_pb(self.store.get_run(request.run_id))
+            run = self.store.get_run(request.run_id)
+            return run_to_pb(run, self.store.get_perf([run.id]).get(run.id, []))
 
     def DiffRuns(self, request, context):
         with _statuses(context):

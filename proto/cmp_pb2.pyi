@@ -130,16 +130,36 @@ class UploadSummary(_message.Message):
     def __init__(self, stored: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class CloseRunRequest(_message.Message):
-    __slots__ = ("run_id", "record_count", "digest", "abort_reason")
+    __slots__ = ("run_id", "record_count", "digest", "abort_reason", "perf")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     ABORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    PERF_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     record_count: int
     digest: str
     abort_reason: str
-    def __init__(self, run_id: _Optional[str] = ..., record_count: _Optional[int] = ..., digest: _Optional[str] = ..., abort_reason: _Optional[str] = ...) -> None: ...
+    perf: _containers.RepeatedCompositeFieldContainer[PerfPoint]
+    def __init__(self, run_id: _Optional[str] = ..., record_count: _Optional[int] = ..., digest: _Optional[str] = ..., abort_reason: _Optional[str] = ..., perf: _Optional[_Iterable[_Union[PerfPoint, _Mapping]]] = ...) -> None: ...
+
+class PerfPoint(_message.Message):
+    __slots__ = ("batch_size", "batches", "latency_ms", "p50_ms", "p95_ms", "p99_ms", "throughput")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    batches: int
+    latency_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput: float
+    def __init__(self, batch_size: _Optional[int] = ..., batches: _Optional[int] = ..., latency_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., throughput: _Optional[float] = ...) -> None: ...
 
 class CloseRunReply(_message.Message):
     __slots__ = ("status", "reason")
@@ -176,7 +196,7 @@ class ListRunsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., backend: _Optional[str] = ..., mode: _Optional[str] = ..., label: _Optional[str] = ..., status: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., where: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "status_reason", "created", "completed", "record_count", "prompt_set_name", "prompt_set_digest", "prompt_count", "fingerprint")
+    __slots__ = ("run_id", "status", "status_reason", "created", "completed", "record_count", "prompt_set_name", "prompt_set_digest", "prompt_count", "fingerprint", "perf")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +207,7 @@ class Run(_message.Message):
     PROMPT_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROMPT_COUNT_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PERF_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: str
     status_reason: str
@@ -197,7 +218,8 @@ class Run(_message.Message):
     prompt_set_digest: str
     prompt_count: int
     fingerprint: Fingerprint
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., created: _Optional[str] = ..., completed: _Optional[str] = ..., record_count: _Optional[int] = ..., prompt_set_name: _Optional[str] = ..., prompt_set_digest: _Optional[str] = ..., prompt_count: _Optional[int] = ..., fingerprint: _Optional[_Union[Fingerprint, _Mapping]] = ...) -> None: ...
+    perf: _containers.RepeatedCompositeFieldContainer[PerfPoint]
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., created: _Optional[str] = ..., completed: _Optional[str] = ..., record_count: _Optional[int] = ..., prompt_set_name: _Optional[str] = ..., prompt_set_digest: _Optional[str] = ..., prompt_count: _Optional[int] = ..., fingerprint: _Optional[_Union[Fingerprint, _Mapping]] = ..., perf: _Optional[_Iterable[_Union[PerfPoint, _Mapping]]] = ...) -> None: ...
 
 class ListRunsReply(_message.Message):
     __slots__ = ("runs",)

@@ -19,6 +19,17 @@ def fingerprint_from_pb(msg: pb.Fingerprint) -> tuple[dict[str, str], dict[str, 
     return {k: getattr(msg, k) for k in FINGERPRINT_FIELDS}, dict(msg.options)
 
 
+PERF_FIELDS = tuple(f.name for f in pb.PerfPoint.DESCRIPTOR.fields)
+
+
+def perf_to_pb(points: list[dict]) -> list[pb.PerfPoint]:
+    return [pb.PerfPoint(**{k: p[k] for k in PERF_FIELDS}) for p in points]
+
+
+def perf_from_pb(points) -> list[dict]:
+    return [{k: getattr(p, k) for k in PERF_FIELDS} for p in points]
+
+
 def run_from_pb(msg: pb.Run) -> dict:
     """A run as a JSON-ready dict: what `cmp runs --json` and `cmp show --json` print."""
     fingerprint, options = fingerprint_from_pb(msg.fingerprint)
@@ -32,4 +43,5 @@ def run_from_pb(msg: pb.Run) -> dict:
         "prompt_set": {"name": msg.prompt_set_name, "digest": msg.prompt_set_digest, "count": msg.prompt_count},
         "fingerprint": fingerprint,
         "options": options,
+        "perf": perf_from_pb(msg.perf),
     }

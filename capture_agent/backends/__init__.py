@@ -3,7 +3,8 @@
 A backend is built with the model, device, dtype and mode, then gives
   describe() -> fingerprint fields it knows (device_name, ...)
   options()  -> capture options that change the numbers
-  records(texts) -> one dict of named float32/int64 arrays per text, lazily, in order
+  records(texts, continuations=None) -> one dict of named float32/int64 arrays per text, lazily, in order
+  run_batch(texts) -> one call of the model on a batch, synchronised, for --perf timings
 """
 
 

@@ -131,6 +131,25 @@ class HFBackend:
             for text in texts:
                 yield self._greedy(text)
 
+    def run_batch(self, texts: list[str]) -> None:
+        """One timed call for --perf: a batched forward (embed) or batched greedy generation."""
+        torch = self.torch
+        if self.mode == "embed":
+            for _ in self._embed(texts):
+                pass
+        else:
+            if self.tokenizer.pad_token_id is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.tokenizer.padding_side = "left"  # generation continues from the right end
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+            with torch.inference_mode():
+                self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    do_sample=False, max_new_tokens=self.max_new_tokens,
+                                    pad_token_id=self.tokenizer.pad_token_id)
+        kind = self.device.partition(":")[0]
+        if kind != "cpu":
+            getattr(torch, kind).synchronize()
+
     # -- embeddings -------------------------------------------------------------------------
 
     def _pool(self, hidden, mask):

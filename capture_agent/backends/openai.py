@@ -160,6 +160,14 @@ class OpenAIBackend:
             opts.update(top_k=str(self.top_k), max_new_tokens=str(self.max_new_tokens), tokenizer=self.tokenizer_path)
         return opts
 
+    def run_batch(self, texts: list[str]) -> None:
+        """One timed call for --perf: a request carrying the whole batch."""
+        if self.mode == "embed":
+            self._post("/v1/embeddings", {"model": self.server_model, "input": texts})
+        else:
+            self._post("/v1/completions", {"model": self.server_model, "prompt": texts, "temperature": 0.0,
+                                           "max_tokens": self.max_new_tokens})
+
     def records(self, texts: list[str], continuations=None) -> Iterator[dict[str, np.ndarray]]:
         if self.mode == "embed":
             for start in range(0, len(texts), self.batch_size):

@@ -158,6 +158,14 @@ class VLLMBackend:
             opts.update(top_k=str(self.top_k), max_new_tokens=str(self.max_new_tokens))
         return opts
 
+    def run_batch(self, texts: list[str]) -> None:
+        """One timed call for --perf: vLLM batches the prompts itself."""
+        if self.mode == "embed":
+            self.llm.embed(texts, use_tqdm=False)
+        else:
+            params = self._vllm.SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
+            self.llm.generate(texts, params, use_tqdm=False)
+
     def records(self, texts: list[str], continuations=None) -> Iterator[dict[str, np.ndarray]]:
         sp = self._vllm.SamplingParams
         if self.mode == "embed":
