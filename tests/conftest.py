@@ -162,3 +162,68 @@ def smollm2_path() -> str:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return str(target)
+
+
+# -- databases: every store test runs on SQLite and on a real PostgreSQL server -------------------
+
+PG_BIN = pathlib.Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root; run its tools as the `postgres` user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL 15 server in a temporary folder on a free loopback port; yields its base URL.
+
+    CMP_TEST_PG_URL points the tests at an existing server instead.
+    """
+    if url := os.environ.get("CMP_TEST_PG_URL"):
+        yield url
+        return
+    initdb = shutil.which("initdb") or str(PG_BIN / "initdb")
+    pg_ctl = shutil.which("pg_ctl") or str(PG_BIN / "pg_ctl")
+    if not pathlib.Path(initdb).exists():
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: `make test` installs them")
+    import socket
+    import tempfile
+
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="cmp-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    data, log = folder / "data", folder / "server.log"
+    subprocess.run(_as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "cmp", "--no-sync", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"]),
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://cmp@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_postgres_database(base_url: str) -> str:
+    """A new empty database on the server; returns its SQLAlchemy URL."""
+    import uuid
+
+    import psycopg
+
+    name = "cmp_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(base_url.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty database of each kind the store supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cmp.db'}"
+    return fresh_postgres_database(request.getfixturevalue("postgres_server"))

@@ -1,7 +1,9 @@
-"""The store keeps runs and records in a real SQLite file: lifecycle, refusals that store nothing,
-prefix lookup, and a schema check at start-up."""
+"""The store keeps runs and records in a real database (a SQLite file, and a PostgreSQL server):
+lifecycle, refusals that store nothing, prefix lookup, and a schema check at start-up."""
 
 import sqlite3
+
+from sqlalchemy import create_engine, text
 
 import numpy as np
 import pytest
@@ -21,8 +23,8 @@ DIGEST = prompt_digest((p["id"], p["text"]) for p in PROMPTS)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'cmp.db'}")
+def store(db_url):
+    s = Store(db_url)
     yield s
     s.close()
 
@@ -123,15 +125,14 @@ def test_a_new_database_is_in_wal_mode_with_the_schema_at_head(tmp_path):
     assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
 
 
-def test_a_database_with_an_unknown_schema_revision_is_refused_with_the_upgrade_command(tmp_path):
-    path = tmp_path / "old.db"
-    Store(f"sqlite:///{path}").close()
-    con = sqlite3.connect(path)
-    con.execute("UPDATE alembic_version SET version_num = '0000'")
-    con.commit()
-    con.close()
-    with pytest.raises(SchemaOutOfDate, match="cmp db upgrade --db sqlite:///"):
-        Store(f"sqlite:///{path}")
+def test_a_database_with_an_unknown_schema_revision_is_refused_with_the_upgrade_command(db_url):
+    Store(db_url).close()
+    engine = create_engine(db_url)
+    with engine.begin() as con:
+        con.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDate, match="cmp db upgrade --db "):
+        Store(db_url)
 
 
 def test_opening_a_run_with_a_stored_client_key_returns_that_run(store):
@@ -143,25 +144,22 @@ def test_opening_a_run_with_a_stored_client_key_returns_that_run(store):
     assert len(store.list_runs()) == 1
 
 
-def test_a_database_of_the_first_schema_with_runs_in_it_upgrades_without_losing_them(tmp_path):
-    from sqlalchemy import create_engine
-
+def test_a_database_of_the_first_schema_with_runs_in_it_upgrades_without_losing_them(db_url):
     from compare_server.store.schema import upgrade
 
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
-    engine = create_engine(url)
+    engine = create_engine(db_url)
     upgrade(engine, "0001")
     with engine.begin() as con:
-        con.exec_driver_sql("INSERT INTO prompt_sets VALUES ('d', '[]', 1)")
-        con.exec_driver_sql(
+        con.execute(text("INSERT INTO prompt_sets VALUES ('d', '[]', 1)"))
+        con.execute(text(
             "INSERT INTO runs (id, status, status_reason, created_at, prompt_set_name, prompt_set_digest, prompt_count,"
             " record_count, options_json, " + ", ".join(FP) + ") VALUES ('r1', 'complete', '', '2026-01-01 00:00:00',"
-            " 'set', 'd', 1, 0, '{}', " + ", ".join("''" for _ in FP) + ")")
+            " 'set', 'd', 1, 0, '{}', " + ", ".join("''" for _ in FP) + ")"))
     engine.dispose()
     with pytest.raises(SchemaOutOfDate, match="revision 0001"):
-        Store(url)
-    assert upgrade_database(url) == head_revision()
-    upgraded = Store(url)
+        Store(db_url)
+    assert upgrade_database(db_url) == head_revision()
+    upgraded = Store(db_url)
     run = upgraded.get_run("r1")
     assert run.status == "complete" and run.fingerprint["cuda"] == ""
     upgraded.close()
