@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 from dataclasses import dataclass
 
 from capture_agent.backends import BackendError, make_backend
@@ -43,6 +44,7 @@ class CaptureRequest:
     score_against: str = ""  # baseline run id (or bundle file) whose tokens are scored
     out: str = ""  # write an offline bundle here instead of streaming
     perf: str = ""  # batch sizes to time, e.g. "1,4,16"
+    resume: str = ""  # an open run to continue (after the agent was killed, say)
     progress: bool = True
 
 
@@ -63,6 +65,28 @@ def baseline_continuations(client, baseline: str, prompt_set) -> tuple[str, list
     if digest != prompt_set.digest:
         raise BackendError(f"baseline {run_id} used other prompts than {prompt_set.name}: use the same --prompts")
     return run_id, [decode(blob)["token_ids"] for blob in blobs]
+
+
+# Fingerprint fields a resumed capture must share with the run it continues.
+RESUME_FIELDS = ("model_name", "model_digest", "backend", "device", "dtype", "mode")
+
+
+def _warn(message: str) -> None:
+    print(f"cmp capture: {message}", file=sys.stderr, flush=True)
+
+
+def check_resumable(run: dict, fingerprint: dict, options: dict, extra: dict, prompt_set) -> None:
+    """Refuses to resume a run with a capture that would make other records."""
+    if run["status"] != "open":
+        raise BackendError(f"run {run['id']} is {run['status']}: only an open run can be resumed")
+    if run["prompt_set"]["digest"] != prompt_set.digest:
+        raise BackendError(f"run {run['id']} used other prompts than {prompt_set.name}: resume with its --prompts")
+    for field in RESUME_FIELDS:
+        if run["fingerprint"][field] != fingerprint[field]:
+            raise BackendError(f"run {run['id']} was captured with {field} {run['fingerprint'][field]!r}, this capture "
+                               f"has {fingerprint[field]!r}: resume with the run's own options")
+    if run["options"] != {**options, **extra}:
+        raise BackendError(f"run {run['id']} was captured with options {run['options']}: resume with the same options")
 
 
 def backend_kwargs(req: CaptureRequest) -> dict:
@@ -111,7 +135,9 @@ def run_capture(req: CaptureRequest) -> str:
             "mode": "embed" if req.mode == "embed" else "forced" if continuations is not None else "greedy",
             "label": req.label,
         }
-        sink = BundleSink(req.out) if req.out else ServerSink(client)
+        if req.resume:
+            check_resumable(client.get_run(req.resume), fingerprint, backend.options(), extra, prompt_set)
+        sink = BundleSink(req.out) if req.out else ServerSink(client, resume_run=req.resume, log=_warn)
         run_id = capture(sink, backend, prompt_set, fingerprint, continuations=continuations,
                          extra_options=extra, perf_batch_sizes=batch_sizes, progress=req.progress)
         return str(sink.path) if req.out else run_id

@@ -23,18 +23,28 @@ class CaptureError(RuntimeError):
 
 
 class ServerSink:
-    """Streams a run to a compare server."""
+    """Streams a run to a compare server, retrying and resuming (capture_agent.uploader).
 
-    def __init__(self, client):
-        self.client = client
-        self.run_id = ""
+    With resume_run, it continues that open run instead of opening a new one: the records are
+    made again, and only those the server lacks are sent; the close's digest then proves the
+    stored ones equal what this capture made.
+    """
+
+    def __init__(self, client, resume_run: str = "", log=None):
+        self.client, self.run_id, self.log = client, resume_run, log
+        self.stored: list[int] = []
 
     def open_run(self, fingerprint, options, prompt_set) -> str:
-        self.run_id = self.client.open_run(fingerprint, options, prompt_set).run_id
+        if self.run_id:
+            self.stored = self.client.resume_run(self.run_id).stored_indexes
+        else:
+            self.run_id = self.client.open_run(fingerprint, options, prompt_set).run_id
         return self.run_id
 
     def upload(self, records) -> None:
-        self.client.upload(self.run_id, records)
+        from capture_agent.uploader import Uploader
+
+        Uploader(self.client, self.run_id, log=self.log).upload(records, already_stored=self.stored)
 
     def close_run(self, record_count: int, digest: str, abort_reason: str = "", perf=None) -> tuple[str, str]:
         return self.client.close_run(self.run_id, record_count, digest, abort_reason=abort_reason, perf=perf)

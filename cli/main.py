@@ -24,11 +24,24 @@ class CmpUsageError(click.ClickException):
 
 
 def server_option(f):
-    """--server, shared by every command that talks to a compare server."""
-    return click.option(
-        "--server", envvar="CMP_SERVER", default=DEFAULT_SERVER, show_default=True,
-        help="Compare server HOST:PORT (or $CMP_SERVER).",
-    )(f)
+    """--server, --token-file and --tls-ca, shared by every command that talks to a compare server;
+    the command receives them as one compare_server.client.Connection named `server`."""
+    @click.option("--server", envvar="CMP_SERVER", default=DEFAULT_SERVER, show_default=True,
+                  help="Compare server HOST:PORT (or $CMP_SERVER).")
+    @click.option("--token-file", default="", type=click.Path(dir_okay=False),
+                  help="File holding the server's bearer token (or $CMP_TOKEN).")
+    @click.option("--tls-ca", default="", type=click.Path(dir_okay=False),
+                  help="CA certificate (PEM) to verify a TLS server (or $CMP_TLS_CA).")
+    @functools.wraps(f)
+    def wrapper(*args, server, token_file, tls_ca, **kwargs):
+        from compare_server.client import Connection
+
+        try:
+            connection = Connection.from_options(server, token_file, tls_ca)
+        except OSError as e:
+            raise CmpUsageError(f"cannot read {e.filename}: {e.strerror}") from None
+        return f(*args, server=connection, **kwargs)
+    return wrapper
 
 
 def client_errors(f):
@@ -61,32 +74,52 @@ def cli():
 @cli.command()
 @click.option("--db", default=DEFAULT_DB, show_default=True, help="SQLAlchemy URL of the store.")
 @click.option("--listen", default=DEFAULT_SERVER, show_default=True, help="HOST:PORT to serve on (port 0: any free port).")
-def serve(db, listen):
-    """Run the compare server.
+@click.option("--token-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Require this bearer token (the file's content) on every rpc.")
+@click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False), help="TLS certificate chain (PEM).")
+@click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address with neither a token nor TLS.")
+@click.option("--max-message-mb", default=64, show_default=True, help="Largest upload message accepted.")
+@click.option("--max-run-mb", default=16 * 1024, show_default=True, help="Largest run (all its records) accepted.")
+@click.option("--open-run-timeout", default=6 * 3600.0, show_default=True,
+              help="Seconds without an upload after which an open run is marked failed.")
+def serve(db, listen, token_file, tls_cert, tls_key, insecure, max_message_mb, max_run_mb, open_run_timeout):
+    """Run the compare server. SIGTERM or Ctrl-C stops it gracefully.
 
-    Example: cmp serve --db sqlite:///./cmp-data/cmp.db --listen 0.0.0.0:50051
+    Example: cmp serve --db sqlite:///./cmp-data/cmp.db --listen 0.0.0.0:50051 --token-file token --tls-cert c.pem --tls-key k.pem
     """
     import logging
+    import pathlib
     import signal
     import threading
 
     from compare_server.errors import CmpError
-    from compare_server.server import ListenError, start_server
+    from compare_server.server import ListenError, ServerConfig, start_server
 
+    if bool(tls_cert) != bool(tls_key):
+        raise CmpUsageError("TLS needs both --tls-cert and --tls-key")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    config = ServerConfig(
+        db_url=db, listen=listen, insecure=insecure, max_message_mb=max_message_mb, max_run_mb=max_run_mb,
+        open_run_timeout_s=open_run_timeout,
+        token=pathlib.Path(token_file).read_text().strip() if token_file else "",
+        tls_cert=pathlib.Path(tls_cert).read_bytes() if tls_cert else b"",
+        tls_key=pathlib.Path(tls_key).read_bytes() if tls_key else b"",
+    )
+    if token_file and not config.token:
+        raise CmpUsageError(f"--token-file {token_file} is empty")
     try:
-        server, port = start_server(db, listen)
+        server = start_server(config)
     except (CmpError, ListenError) as e:
         raise click.ClickException(str(e)) from None
-    host = listen.rsplit(":", 1)[0]
-    click.echo(f"cmp serve: listening on {host}:{port}, database {db}", nl=True)
+    security = ", ".join(x for x in ("token" if config.token else "", "TLS" if config.tls_cert else "") if x) or "no auth"
+    click.echo(f"cmp serve: listening on {server.address}, database {db}, {security}")
     sys.stdout.flush()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=10).wait()
-    server.store.close()
+    server.shutdown(grace=30)
 
 
 @cli.command()
@@ -116,13 +149,16 @@ def serve(db, listen):
 @click.option("--score-against", default="", metavar="RUN",
               help="logprobs: score the tokens of this baseline run (id, or a bundle file) instead of decoding.")
 @click.option("--out", default="", metavar="FILE", help="Write an offline bundle instead of streaming (`cmp push` it later).")
+@click.option("--resume", default="", metavar="RUN",
+              help="Continue this open run (its agent was killed): same options; only missing records are sent.")
 @click.option("--perf", default="", metavar="SIZES",
               help="Also time the model at these batch sizes after warm-up, e.g. --perf 1,4,16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @client_errors
 def capture(server, model_path, model_name, device, dtype, mode, prompts, backend, engine_args, endpoint, tokenizer,
             top_k, max_new_tokens,
-            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, perf, quiet):
+            full_vocab_first, pooling, normalize, batch_size, trust_remote_code, label, score_against, out, resume,
+            perf, quiet):
     """Run a prompt set through a model on this host's device and upload the run.
 
     Prints the new run id (with --out, the bundle's path) as the last line of stdout.
@@ -141,7 +177,7 @@ def capture(server, model_path, model_name, device, dtype, mode, prompts, backen
         prompts=prompts, backend=backend, engine_args=engine_args, endpoint=endpoint, tokenizer=tokenizer,
         top_k=top_k, max_new_tokens=max_new_tokens,
         full_vocab_first=full_vocab_first, pooling=pooling, normalize=normalize, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out, perf=perf,
+        trust_remote_code=trust_remote_code, label=label, score_against=score_against, out=out, resume=resume, perf=perf,
         progress=not quiet,
     )
     try:

@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import grpc
@@ -24,6 +27,7 @@ from proto.messages import fingerprint_to_pb, perf_to_pb, run_from_pb
 BATCH_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 QUERY_TIMEOUT_S = 120.0
+UPLOAD_TIMEOUT_S = 600.0
 
 
 class OpenedRun(NamedTuple):
@@ -55,13 +59,38 @@ def batch_records(records: Iterable[tuple[int, bytes]], run_id: str, batch_bytes
         yield pb.RecordBatch(run_id=run_id, records=batch)
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where the compare server is and how to talk to it: bearer token, TLS root certificate."""
+
+    address: str
+    token: str = ""
+    tls_ca: bytes = b""
+
+    @classmethod
+    def from_options(cls, address: str, token_file: str = "", tls_ca_file: str = "") -> "Connection":
+        """From CLI options; the token falls back to $CMP_TOKEN, the CA to $CMP_TLS_CA."""
+        token = pathlib.Path(token_file).read_text().strip() if token_file else os.environ.get("CMP_TOKEN", "")
+        ca_file = tls_ca_file or os.environ.get("CMP_TLS_CA", "")
+        return cls(address, token, pathlib.Path(ca_file).read_bytes() if ca_file else b"")
+
+
 class Client:
-    def __init__(self, address: str):
-        self.address = address
-        self._channel = grpc.insecure_channel(address, options=[
+    def __init__(self, server: str | Connection):
+        conn = server if isinstance(server, Connection) else Connection(server)
+        self.address = conn.address
+        self._metadata = (("authorization", f"Bearer {conn.token}"),) if conn.token else ()
+        options = [
             ("grpc.max_receive_message_length", 4 * MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+            # Reconnect quickly after a server restart: the uploader's own backoff paces retries.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if conn.tls_ca:
+            self._channel = grpc.secure_channel(conn.address, grpc.ssl_channel_credentials(conn.tls_ca), options)
+        else:
+            self._channel = grpc.insecure_channel(conn.address, options)
         self._stub = cmp_pb2_grpc.CompareStub(self._channel)
 
     def close(self) -> None:
@@ -73,13 +102,13 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, method, request, timeout: float | None = QUERY_TIMEOUT_S):
+    def _call(self, method, request, timeout: float = QUERY_TIMEOUT_S):
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             code = e.code()
             if code == grpc.StatusCode.UNAVAILABLE and "database" not in (e.details() or ""):
-                raise ServerError(code, f"cannot reach the compare server at {self.address}: "
+                raise ServerError(code, f"cannot reach the compare server at {self.address} ({e.details()}): "
                                         "start one with `cmp serve` or pass --server HOST:PORT") from None
             raise ServerError(code, e.details() or code.name) from None
 
@@ -98,9 +127,16 @@ class Client:
         return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
 
     def upload(self, run_id: str, records: Iterable[tuple[int, bytes]]) -> pb.UploadSummary:
-        """Streams (index, blob) records, batched; the iterable may be produced while it streams."""
-        # No deadline: the stream lasts as long as the model takes to produce the records.
-        return self._call(self._stub.UploadRecords, batch_records(records, run_id), timeout=None)
+        """One stream of (index, blob) records, batched; the iterable may be produced while it streams.
+
+        capture_agent.uploader keeps each stream short (a few seconds of records), retries and
+        resumes; the deadline bounds a stream whose records stop coming.
+        """
+        return self._call(self._stub.UploadRecords, batch_records(records, run_id), timeout=UPLOAD_TIMEOUT_S)
+
+    def resume_run(self, run_id: str) -> OpenedRun:
+        reply = self._call(self._stub.ResumeRun, pb.GetRunRequest(run_id=run_id))
+        return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
 
     def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "",
                   perf: list[dict] | None = None) -> tuple[str, str]:
@@ -114,7 +150,8 @@ class Client:
     def get_records(self, run_id: str) -> Iterator[tuple[int, bytes]]:
         """A stored run's (index, blob) records in index order, streamed."""
         try:
-            for rec in self._stub.GetRecords(pb.GetRecordsRequest(run_id=run_id), timeout=QUERY_TIMEOUT_S):
+            for rec in self._stub.GetRecords(pb.GetRecordsRequest(run_id=run_id), timeout=QUERY_TIMEOUT_S,
+                                             metadata=self._metadata):
                 yield rec.index, rec.blob
         except grpc.RpcError as e:
             raise ServerError(e.code(), e.details() or e.code().name) from None

@@ -105,6 +105,10 @@ def compute_diff(store, a: Run, b: Run) -> dict:
                 f"(earliest at position {summary['first_divergence']}); positions after a divergence are not compared"
                 if not forced else f"{summary['diverged_prompts']} prompts have different scored tokens"
             )
+    for side, run in (("a", a), ("b", b)):
+        if summary.get(f"nonfinite_{side}"):
+            notes.append(f"run {run.id} holds {summary[f'nonfinite_{side}']} NaN or infinite values: "
+                         "metrics that touch them are NaN and fail their gates")
     per_prompt = []
     for i, p in enumerate(prompts):
         row = {"index": i, "id": p["id"], "text": p["text"]}

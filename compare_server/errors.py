@@ -25,6 +25,10 @@ class DuplicateRecord(Conflict):
     """A record index the run already holds."""
 
 
+class TooLarge(CmpError):
+    """A message or run over the server's size limits."""
+
+
 class CannotCompare(CmpError):
     """Two runs that must not be diffed: other prompts, other kinds, or not complete."""
 

@@ -7,7 +7,8 @@ from proto.codec import RecordError, decode, validate
 from proto.digests import record_sha256
 
 
-def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: dict[str, str]) -> tuple[int, int]:
+def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: dict[str, str],
+                 max_run_bytes: int = 0) -> tuple[int, int]:
     """Validates and stores one message's (index, blob) records; returns (stored, run total).
 
     `kinds` caches each run's record kind across the messages of one stream. Any bad record
@@ -25,5 +26,5 @@ def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: di
         except RecordError as e:
             raise InvalidInput(f"run {run_id} record {index}: {e}") from None
         rows.append((index, blob, record_sha256(blob)))
-    total = store.add_records(run_id, rows)
+    total = store.add_records(run_id, rows, max_run_bytes=max_run_bytes)
     return len(rows), total

@@ -29,6 +29,7 @@ STATUS = (
     (errors.Ambiguous, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.CannotCompare, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
@@ -55,8 +56,9 @@ def run_to_pb(run: Run, perf: list[dict] = ()) -> pb.Run:
 
 
 class CompareServicer(cmp_pb2_grpc.CompareServicer):
-    def __init__(self, store):
+    def __init__(self, store, max_run_bytes: int = 0):
         self.store = store
+        self.max_run_bytes = max_run_bytes
 
     def OpenRun(self, request, context):
         with _statuses(context):
@@ -83,11 +85,20 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
                                  "mode": fingerprint["mode"], "prompts": len(ps.prompts)}))
             return pb.OpenRunReply(run_id=run_id, status="open")
 
+    def ResumeRun(self, request, context):
+        with _statuses(context):
+            run = self.store.get_run(request.run_id)
+            if run.status != "open":
+                raise errors.Conflict(f"run {run.id} is {run.status}: only an open run can be resumed")
+            return pb.OpenRunReply(run_id=run.id, existing=True, status=run.status,
+                                   stored_indexes=self.store.stored_indexes(run.id))
+
     def UploadRecords(self, request_iterator, context):
         with _statuses(context):
             stored, total, kinds = 0, 0, {}
             for batch in request_iterator:
-                n, total = ingest_batch(self.store, batch.run_id, [(r.index, r.blob) for r in batch.records], kinds)
+                n, total = ingest_batch(self.store, batch.run_id, [(r.index, r.blob) for r in batch.records], kinds,
+                                        max_run_bytes=self.max_run_bytes)
                 stored += n
             return pb.UploadSummary(stored=stored, total=total)
 

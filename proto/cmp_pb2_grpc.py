@@ -44,6 +44,11 @@ class CompareStub:
                 request_serializer=proto_dot_cmp__pb2.RecordBatch.SerializeToString,
                 response_deserializer=proto_dot_cmp__pb2.UploadSummary.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/cmp.v1.Compare/ResumeRun',
+                request_serializer=proto_dot_cmp__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=proto_dot_cmp__pb2.OpenRunReply.FromString,
+                _registered_method=True)
         self.GetRecords = channel.unary_stream(
                 '/cmp.v1.Compare/GetRecords',
                 request_serializer=proto_dot_cmp__pb2.GetRecordsRequest.SerializeToString,
@@ -96,6 +101,14 @@ class CompareServicer:
         """Client-streaming upload of a run's records. Each message carries several whole records;
         a record is never split across messages. A message's records are stored in one
         transaction before the next message is read, so everything acknowledged is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """An open run's state for an agent that lost its connection or was restarted: which record
+        indexes are stored, so it sends only the rest. Refused for a run that is not open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +177,11 @@ def add_CompareServicer_to_server(servicer, server):
                     servicer.UploadRecords,
                     request_deserializer=proto_dot_cmp__pb2.RecordBatch.FromString,
                     response_serializer=proto_dot_cmp__pb2.UploadSummary.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=proto_dot_cmp__pb2.GetRunRequest.FromString,
+                    response_serializer=proto_dot_cmp__pb2.OpenRunReply.SerializeToString,
             ),
             'GetRecords': grpc.unary_stream_rpc_method_handler(
                     servicer.GetRecords,
@@ -255,6 +273,33 @@ class Compare:
             '/cmp.v1.Compare/UploadRecords',
             proto_dot_cmp__pb2.RecordBatch.SerializeToString,
             proto_dot_cmp__pb2.UploadSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cmp.v1.Compare/ResumeRun',
+            proto_dot_cmp__pb2.GetRunRequest.SerializeToString,
+            proto_dot_cmp__pb2.OpenRunReply.FromString,
             options,
             channel_credentials,
             insecure,

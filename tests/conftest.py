@@ -23,18 +23,16 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CACHE = pathlib.Path(os.environ.get("CMP_TEST_MODEL_CACHE", pathlib.Path.home() / ".cache" / "cmp-test-models"))
 
 
-def _start_server(db_path: pathlib.Path):
-    from compare_server.server import start_server
+def _start_server(db_path: pathlib.Path, **config):
+    from compare_server.server import ServerConfig, start_server
 
-    srv, port = start_server(f"sqlite:///{db_path}", "127.0.0.1:0")
-    srv.address = f"127.0.0.1:{port}"
+    srv = start_server(ServerConfig(db_url=f"sqlite:///{db_path}", listen="127.0.0.1:0", **config))
     srv.db_path = db_path
     return srv
 
 
 def _stop_server(srv) -> None:
-    srv.stop(grace=None).wait()
-    srv.store.close()
+    srv.shutdown(grace=None)
 
 
 @pytest.fixture

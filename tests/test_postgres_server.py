@@ -13,13 +13,11 @@ from conftest import embed_run, fresh_postgres_database
 
 @pytest.fixture
 def pg_server(postgres_server):
-    from compare_server.server import start_server
+    from compare_server.server import ServerConfig, start_server
 
-    srv, port = start_server(fresh_postgres_database(postgres_server), "127.0.0.1:0")
-    srv.address = f"127.0.0.1:{port}"
+    srv = start_server(ServerConfig(db_url=fresh_postgres_database(postgres_server), listen="127.0.0.1:0"))
     yield srv
-    srv.stop(grace=None).wait()
-    srv.store.close()
+    srv.shutdown(grace=None)
 
 
 def test_runs_are_stored_listed_diffed_and_cached_on_postgresql(pg_server):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints, so migrations can refer to them on SQLite and PostgreSQL alike.
@@ -51,6 +51,8 @@ class RunRow(Base):
     prompt_set_digest: Mapped[str] = mapped_column(ForeignKey("prompt_sets.digest"), index=True)
     prompt_count: Mapped[int] = mapped_column(Integer)
     record_count: Mapped[int] = mapped_column(Integer, default=0)
+    byte_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime | None]  # last record or state change: abandoned open runs are failed
     options_json: Mapped[str] = mapped_column(Text, default="{}")
     # Set by agents that may send the same run twice (offline bundles); unique when set.
     client_key: Mapped[str | None] = mapped_column(String(64), unique=True)

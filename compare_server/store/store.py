@@ -16,7 +16,7 @@ import pathlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
-from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound
+from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound, TooLarge
 from compare_server.store.models import FINGERPRINT_COLUMNS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import run_digest
@@ -125,19 +125,24 @@ class Store:
             s.add(RunRow(
                 id=run_id, status=RUN_OPEN, status_reason="", created_at=_now(), completed_at=None,
                 prompt_set_name=prompt_set_name, prompt_set_digest=prompt_set_digest,
-                prompt_count=len(prompts), record_count=0,
+                prompt_count=len(prompts), record_count=0, byte_count=0, updated_at=_now(),
                 options_json=json.dumps(options, sort_keys=True), client_key=client_key or None,
                 **{k: fingerprint.get(k, "") for k in FINGERPRINT_COLUMNS},
             ))
         return run_id, False
 
-    def add_records(self, run_id: str, records: list[tuple[int, bytes, str]]) -> int:
+    def add_records(self, run_id: str, records: list[tuple[int, bytes, str]], max_run_bytes: int = 0) -> int:
         """Stores (index, blob, sha256) records of an open run in one transaction; returns the run's total.
 
-        Refuses the whole batch, storing none of it, if any index is out of range or already stored.
+        Refuses the whole batch, storing none of it, if any index is out of range or already stored,
+        or if the run would grow past max_run_bytes (0: no limit).
         """
+        size = sum(len(blob) for _, blob, _ in records)
         with self.session() as s:
             run = self._open_run_row(s, run_id)
+            if max_run_bytes and run.byte_count + size > max_run_bytes:
+                raise TooLarge(f"run {run_id} would hold {run.byte_count + size} bytes, over the server's limit of "
+                               f"{max_run_bytes} (cmp serve --max-run-mb)")
             indexes = [i for i, _, _ in records]
             bad = [i for i in indexes if not 0 <= i < run.prompt_count]
             if bad:
@@ -156,7 +161,8 @@ class Store:
             # Incremented in SQL, not from the loaded row, so concurrent streams cannot lose counts.
             return s.execute(
                 update(RunRow).where(RunRow.id == run_id)
-                .values(record_count=RunRow.record_count + len(records))
+                .values(record_count=RunRow.record_count + len(records), byte_count=RunRow.byte_count + size,
+                        updated_at=_now())
                 .returning(RunRow.record_count)
                 .execution_options(synchronize_session=False)
             ).scalar_one()
@@ -180,8 +186,23 @@ class Store:
                 reason = "digest mismatch: the stored records differ from what the agent produced"
             run.status = RUN_FAILED if reason else RUN_COMPLETE
             run.status_reason = reason
-            run.completed_at = _now()
+            run.completed_at = run.updated_at = _now()
             return run.status, reason
+
+    def fail_stale_runs(self, idle_seconds: float) -> list[str]:
+        """Marks failed every open run with no activity for idle_seconds; returns their ids."""
+        cutoff = _now() - timedelta(seconds=idle_seconds)
+        with self.session() as s:
+            stale = s.scalars(select(RunRow).where(RunRow.status == RUN_OPEN, RunRow.updated_at < cutoff)).all()
+            for run in stale:
+                run.status, run.completed_at = RUN_FAILED, _now()
+                run.status_reason = f"abandoned: no upload for {idle_seconds:.0f} s"
+            return [r.id for r in stale]
+
+    def stored_hashes(self, run_id: str) -> dict[int, str]:
+        """index -> sha256 of the records a run holds: what a resuming agent compares against."""
+        with self.session() as s:
+            return dict(s.execute(select(RecordRow.idx, RecordRow.sha256).where(RecordRow.run_id == run_id)).all())
 
     def get_run(self, id_or_prefix: str) -> Run:
         """The run with this id, or the only run whose id starts with it."""
