@@ -15,14 +15,16 @@ import numpy as np
 from compare_server.entities import RUN_COMPLETE, Run
 from compare_server.errors import CannotCompare, InvalidInput
 from compare_server.metrics import METRICS_VERSION
-from compare_server.metrics.embeddings import embedding_metrics, error_histogram
+from compare_server.metrics.embeddings import EmbeddingComparison
 from compare_server.metrics.gates import GateError, evaluate_gates
-from compare_server.metrics.logprobs import logprob_metrics, position_detail
+from compare_server.metrics.logprobs import LogprobComparison
 from proto.codec import RecordError, decode, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
 # 0.999+); the nomic report's 0.886 was an implementation mismatch.
 MISMATCH_COS = 0.99
+# Prompts decoded and compared at a time: bounded memory for runs of any size.
+CHUNK = 256
 
 
 def check_comparable(a: Run, b: Run) -> None:
@@ -41,9 +43,9 @@ def check_comparable(a: Run, b: Run) -> None:
         )
 
 
-def _decoded(store, run: Run) -> list[dict[str, np.ndarray]]:
+def _decode(run: Run, records) -> list[dict[str, np.ndarray]]:
     out = []
-    for rec in store.read_records(run.id):
+    for rec in records:
         try:
             arrays = decode(rec.blob)
             validate(arrays, run.kind)
@@ -51,6 +53,12 @@ def _decoded(store, run: Run) -> list[dict[str, np.ndarray]]:
             raise InvalidInput(f"run {run.id} record {rec.index}: {e}") from None
         out.append(arrays)
     return out
+
+
+def record_chunks(store, a: Run, b: Run, chunk: int = CHUNK):
+    """Both runs' decoded records, prompt-aligned, a chunk of prompts at a time (streamed)."""
+    for part_a, part_b in zip(store.iter_records(a.id, chunk), store.iter_records(b.id, chunk), strict=True):
+        yield _decode(a, part_a), _decode(b, part_b)
 
 
 def _json_number(x):
@@ -72,17 +80,21 @@ def _run_summary(run: Run) -> dict:
 
 def compute_diff(store, a: Run, b: Run) -> dict:
     """Everything about two comparable runs that does not depend on gates: what the cache keeps."""
-    recs_a, recs_b = _decoded(store, a), _decoded(store, b)
     prompts = store.get_prompts(a.prompt_set_digest)
     kind = a.kind
     notes: list[str] = []
+    if a.record_count != b.record_count:
+        raise CannotCompare(f"runs {a.id} and {b.id} hold {a.record_count} and {b.record_count} records")
     if kind == "embed":
-        ea = np.stack([r["embedding"] for r in recs_a])
-        eb = np.stack([r["embedding"] for r in recs_b])
-        if ea.shape != eb.shape:
-            raise CannotCompare(f"runs {a.id} and {b.id} have embeddings of different sizes: {ea.shape[1]} vs {eb.shape[1]}")
-        per, summary = embedding_metrics(ea, eb)
-        detail = {"error_histogram": error_histogram(ea, eb)}
+        comparison = EmbeddingComparison(len(prompts))
+        for ra, rb in record_chunks(store, a, b):
+            ea, eb = np.stack([r["embedding"] for r in ra]), np.stack([r["embedding"] for r in rb])
+            if ea.shape != eb.shape:
+                raise CannotCompare(f"runs {a.id} and {b.id} have embeddings of different sizes: "
+                                    f"{ea.shape[1]} vs {eb.shape[1]}")
+            comparison.add(ea, eb)
+        per, summary = comparison.result()
+        detail = {"error_histogram": comparison.histogram()}
         if summary["cos_mean"] < MISMATCH_COS:
             notes.append(
                 f"cos_mean {summary['cos_mean']:.4f} is far below the 0.999+ that bf16-vs-fp32 rounding gives: "
@@ -91,17 +103,20 @@ def compute_diff(store, a: Run, b: Run) -> dict:
             )
     else:
         forced = "forced" in (a.fingerprint["mode"], b.fingerprint["mode"])
-        per, summary = logprob_metrics(recs_a, recs_b, forced=forced)
-        detail = {"per_position": position_detail(recs_a, recs_b, forced=forced)}
-        missing = len(recs_a) - summary["prompts_compared"]
+        comparison = LogprobComparison(forced)
+        for ra, rb in record_chunks(store, a, b):
+            comparison.add(ra, rb)
+        per, summary = comparison.result()
+        detail = {"per_position": comparison.detail()}
+        missing = len(prompts) - summary["prompts_compared"]
         if missing:
             notes.append(
-                f"{missing} of {len(recs_a)} prompts have no compared position: a run produced no token for "
+                f"{missing} of {len(prompts)} prompts have no compared position: a run produced no token for "
                 "them (OpenAI-compatible servers do not report an end-of-sequence token chosen first)"
             )
         if summary["diverged_prompts"]:
             notes.append(
-                f"greedy outputs diverge in {summary['diverged_prompts']} of {len(recs_a)} prompts "
+                f"greedy outputs diverge in {summary['diverged_prompts']} of {len(prompts)} prompts "
                 f"(earliest at position {summary['first_divergence']}); positions after a divergence are not compared"
                 if not forced else f"{summary['diverged_prompts']} prompts have different scored tokens"
             )

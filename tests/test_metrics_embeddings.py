@@ -76,3 +76,36 @@ def test_mismatched_shapes_are_refused(pair):
     a, b = pair
     with pytest.raises(ValueError, match="shapes differ"):
         embedding_metrics(a, b[:, :16])
+
+
+def test_chunked_accumulation_gives_the_same_per_prompt_values_and_summary(pair):
+    from compare_server.metrics.embeddings import EmbeddingComparison
+
+    a, b = pair
+    whole = EmbeddingComparison(len(a))
+    whole.add(a, b)
+    parts = EmbeddingComparison(len(a))
+    for start in range(0, len(a), 5):
+        parts.add(a[start:start + 5], b[start:start + 5])
+    (pw, sw), (pp, sp) = whole.result(), parts.result()
+    for name in pw:
+        np.testing.assert_allclose(pw[name], pp[name], rtol=1e-12)
+    assert sw == pytest.approx(sp, rel=1e-12) and whole.histogram() == parts.histogram()
+
+
+def test_the_error_histogram_counts_every_element_up_to_the_largest_error(pair):
+    from compare_server.metrics.embeddings import error_histogram
+
+    a, b = pair
+    h = error_histogram(a, b, bins=10)
+    errors = np.abs(normalise(a) - normalise(b))
+    assert sum(h["counts"]) == errors.size and len(h["counts"]) <= 10
+    assert h["edges"][0] == 0.0 and h["edges"][-1] >= errors.max()
+
+
+def test_wide_embeddings_use_a_bounded_similarity_sample():
+    from compare_server.metrics.embeddings import SAMPLE_ELEMENTS, sample_indexes
+
+    assert len(sample_indexes(10_000, 768)) == 2048
+    wide = sample_indexes(4096, 65536)
+    assert len(wide) * 65536 <= SAMPLE_ELEMENTS and wide[0] == 0 and wide[-1] == 4095

@@ -106,3 +106,34 @@ def test_a_prompt_without_positions_is_left_out_of_the_means(full_pair):
     per, s = logprob_metrics([_record(la, 6), _record(la, 6)], [_record(lb, 6), empty], forced=False)
     assert per["positions"].tolist()[1] == 0 and np.isnan(per["kl"][1])
     assert s["prompts_compared"] == 1 and s["kl"] == pytest.approx(per["kl"][0])
+
+
+def test_results_do_not_depend_on_how_the_prompts_are_chunked(full_pair):
+    from compare_server.metrics.logprobs import LogprobComparison
+
+    la, lb = full_pair
+    rng = np.random.default_rng(4)
+    recs_a = [_record(la[rng.permutation(5)], 6) for _ in range(7)]
+    recs_b = [_record(lb[rng.permutation(5)], 6) for _ in range(7)]
+    whole = LogprobComparison(forced=False)
+    whole.add(recs_a, recs_b)
+    parts = LogprobComparison(forced=False)
+    for start in (0, 3, 5):
+        end = {0: 3, 3: 5, 5: 7}[start]
+        parts.add(recs_a[start:end], recs_b[start:end])
+    (pw, sw), (pp, sp) = whole.result(), parts.result()
+    for name in pw:
+        np.testing.assert_array_equal(pw[name], pp[name])
+    assert sw == sp and whole.detail() == parts.detail()
+
+
+def test_spearman_ranks_ties_as_scipy_does():
+    from scipy.stats import rankdata
+
+    from compare_server.metrics.logprobs import _ranks
+
+    x = np.array([[0.1, 0.3, 0.1, 0.5, 0.3, 0.2], [0.2, 0.2, 0.2, 0.9, 0.0, 0.4]])
+    valid = np.array([[True] * 6, [True, True, True, True, False, True]])
+    ranks = _ranks(x, valid)
+    np.testing.assert_array_equal(ranks[0], rankdata(x[0]))
+    np.testing.assert_array_equal(ranks[1][valid[1]], rankdata(x[1][valid[1]]))

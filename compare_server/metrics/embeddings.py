@@ -18,7 +18,10 @@ import numpy as np
 # The similarity-matrix metrics cost O(N² D); past this many prompts they use an evenly spaced
 # sample, so a 10,000-prompt diff stays fast and small. The summary says how many were used.
 SIMILARITY_SAMPLE = 2048
+SAMPLE_ELEMENTS = 4 * 1024 * 1024
 NEIGHBOURS = 5
+# Element errors are binned finely on [0, 2] (|â - b̂| <= 2) as chunks arrive, then regrouped.
+HISTOGRAM_FINE_BINS = 1 << 16
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -26,17 +29,6 @@ def normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def per_prompt_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """cos, mse and max_abs for each prompt: a and b are [N, D]."""
-    an, bn = normalise(a), normalise(b)
-    diff = an - bn
-    return {
-        "cos": np.einsum("nd,nd->n", an, bn),
-        "mse": np.einsum("nd,nd->n", diff, diff) / a.shape[1],
-        "max_abs": np.abs(diff).max(axis=1),
-    }
 
 
 def sim_pearson(an: np.ndarray, bn: np.ndarray) -> float:
@@ -69,40 +61,100 @@ def neighbour_overlap(an: np.ndarray, bn: np.ndarray, k: int = NEIGHBOURS) -> fl
     return float(shared.mean() / k)
 
 
-def _sample(n: int) -> np.ndarray:
-    if n <= SIMILARITY_SAMPLE:
+def sample_indexes(n: int, dim: int) -> np.ndarray:
+    """Evenly spaced prompts for the similarity-matrix metrics: all of them up to SIMILARITY_SAMPLE,
+    and never more than SAMPLE_ELEMENTS values per run, so memory stays bounded for wide embeddings."""
+    rows = max(16, min(SIMILARITY_SAMPLE, SAMPLE_ELEMENTS // max(dim, 1)))
+    if n <= rows:
         return np.arange(n)
-    return np.linspace(0, n - 1, SIMILARITY_SAMPLE).round().astype(np.int64)
+    return np.unique(np.linspace(0, n - 1, rows).round().astype(np.int64))
+
+
+class EmbeddingComparison:
+    """An embedding diff accumulated chunk by chunk, prompts in order: runs of any size are compared
+    without holding them in memory; per-prompt values do not depend on the chunk size.
+
+        comparison = EmbeddingComparison(n_prompts)
+        for a, b in chunks:                     # [n, D] arrays
+            comparison.add(a, b)
+        per_prompt, summary = comparison.result()
+        comparison.histogram()                  # element errors |â - b̂|
+    """
+
+    def __init__(self, n_prompts: int):
+        self.n = n_prompts
+        self.per: dict[str, list[np.ndarray]] = {"cos": [], "mse": [], "max_abs": []}
+        self.sample: np.ndarray | None = None
+        self.sampled_a: list[np.ndarray] = []
+        self.sampled_b: list[np.ndarray] = []
+        self.offset = 0
+        self.dim = 0
+        self.nonfinite = [0, 0]
+        self.fine = np.zeros(HISTOGRAM_FINE_BINS, np.int64)
+        self.max_error = 0.0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape or (self.dim and a.shape[1] != self.dim):
+            raise ValueError(f"embedding shapes differ: {list(a.shape)} vs {list(b.shape)}")
+        if self.sample is None:
+            self.dim = a.shape[1]
+            self.sample = sample_indexes(self.n, self.dim)
+        an, bn = normalise(a), normalise(b)
+        diff = an - bn
+        self.per["cos"].append(np.einsum("nd,nd->n", an, bn))
+        self.per["mse"].append(np.einsum("nd,nd->n", diff, diff) / a.shape[1])
+        self.per["max_abs"].append(np.abs(diff).max(axis=1))
+        self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a)))
+        self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b)))
+        errors = np.abs(diff[np.isfinite(diff)])
+        if errors.size:
+            self.max_error = max(self.max_error, float(errors.max()))
+            self.fine += np.histogram(errors, bins=HISTOGRAM_FINE_BINS, range=(0.0, 2.0))[0]
+        local = self.sample[(self.sample >= self.offset) & (self.sample < self.offset + len(a))] - self.offset
+        self.sampled_a.append(an[local])
+        self.sampled_b.append(bn[local])
+        self.offset += len(a)
+
+    def result(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        per = {name: np.concatenate(parts) for name, parts in self.per.items()}
+        an, bn = np.concatenate(self.sampled_a), np.concatenate(self.sampled_b)
+        cos = per["cos"]
+        summary = {
+            "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()),
+            "mse_mean": float(per["mse"].mean()),
+            "max_abs_mean": float(per["max_abs"].mean()),
+            "max_abs_max": float(per["max_abs"].max()),
+            "error_rate": float((1.0 - cos.mean()) * 100.0),
+            "sim_pearson": sim_pearson(an, bn),
+            "neighbour_overlap": neighbour_overlap(an, bn),
+            "similarity_prompts": int(len(an)),
+            "nonfinite_a": self.nonfinite[0],
+            "nonfinite_b": self.nonfinite[1],
+        }
+        return per, summary
+
+    def histogram(self, bins: int = 30) -> dict[str, list]:
+        """The element errors in `bins` equal bins from 0 to the largest error seen."""
+        width = 2.0 / HISTOGRAM_FINE_BINS
+        used = max(1, int(np.ceil(self.max_error / width)))
+        group = int(np.ceil(used / bins))
+        counts = [int(self.fine[i:i + group].sum()) for i in range(0, used, group)]
+        edges = [i * width for i in range(0, used, group)] + [min(used, len(counts) * group) * width]
+        return {"edges": edges, "counts": counts}
 
 
 def embedding_metrics(a: np.ndarray, b: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-prompt arrays and the summary for two [N, D] embedding matrices of the same prompts."""
     if a.shape != b.shape:
         raise ValueError(f"embedding shapes differ: {list(a.shape)} vs {list(b.shape)}")
-    per = per_prompt_metrics(a, b)
-    idx = _sample(a.shape[0])
-    an, bn = normalise(a[idx]), normalise(b[idx])
-    cos = per["cos"]
-    summary = {
-        "cos_mean": float(cos.mean()),
-        "cos_min": float(cos.min()),
-        "mse_mean": float(per["mse"].mean()),
-        "max_abs_mean": float(per["max_abs"].mean()),
-        "max_abs_max": float(per["max_abs"].max()),
-        "error_rate": float((1.0 - cos.mean()) * 100.0),
-        "sim_pearson": sim_pearson(an, bn),
-        "neighbour_overlap": neighbour_overlap(an, bn),
-        "similarity_prompts": int(len(idx)),
-        "nonfinite_a": int(np.count_nonzero(~np.isfinite(a))),
-        "nonfinite_b": int(np.count_nonzero(~np.isfinite(b))),
-    }
-    return per, summary
+    comparison = EmbeddingComparison(len(a))
+    comparison.add(a, b)
+    return comparison.result()
 
 
 def error_histogram(a: np.ndarray, b: np.ndarray, bins: int = 30) -> dict[str, list]:
     """Histogram of every element's |â - b̂|: what a report plots to show how errors spread."""
-    errors = np.abs(normalise(a) - normalise(b)).ravel()
-    errors = errors[np.isfinite(errors)]
-    top = float(errors.max()) if errors.size else 1.0
-    counts, edges = np.histogram(errors, bins=bins, range=(0.0, top if top > 0 else 1.0))
-    return {"edges": edges.tolist(), "counts": counts.tolist()}
+    comparison = EmbeddingComparison(len(a))
+    comparison.add(a, b)
+    return comparison.histogram(bins)

@@ -56,10 +56,8 @@ def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1).astype(np.float64)
 
 
-def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int]) -> Positions:
-    """Stacks the first lengths[i] positions of every prompt, each cut to a common K."""
-    widths = [r["topk_ids"].shape[1] for r in (*records_a, *records_b) if r["topk_ids"].shape[0]]
-    k = min(widths, default=1)
+def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int], k: int) -> Positions:
+    """Stacks the first lengths[i] positions of every prompt, each cut to its k most likely ids."""
     prompt = np.repeat(np.arange(len(lengths)), lengths)
 
     def stacked(records):
@@ -108,10 +106,22 @@ def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row-wise ranks (1-based, ties averaged) among the valid entries."""
-    less = ((x[:, None, :] < x[:, :, None]) & valid[:, None, :]).sum(axis=2)
-    equal = ((x[:, None, :] == x[:, :, None]) & valid[:, None, :]).sum(axis=2)
-    return less + (equal + 1) / 2.0
+    """Row-wise ranks (1-based, ties averaged) among the valid entries; O(M log M) per row.
+
+    Invalid entries sort after every probability, so they never share a valid entry's rank.
+    """
+    m = x.shape[1]
+    keyed = np.where(valid, x, 2.0)
+    order = np.argsort(keyed, axis=1, kind="stable")
+    s = np.take_along_axis(keyed, order, 1)
+    columns = np.broadcast_to(np.arange(m), s.shape)
+    starts = np.concatenate([np.ones((len(s), 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+    ends = np.concatenate([s[:, 1:] != s[:, :-1], np.ones((len(s), 1), bool)], axis=1)
+    first = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, columns, m)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty_like(s)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+    return ranks
 
 
 def _masked_pearson(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -164,59 +174,114 @@ def _per_prompt_mean(values: np.ndarray, prompt: np.ndarray, n_prompts: int) -> 
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def full_first_metrics(records_a: list[dict], records_b: list[dict]) -> dict[str, np.ndarray] | None:
-    """Exact full-vocabulary prob_cos and kl at position 0, when both runs sent full_logprobs."""
-    if not all("full_logprobs" in r for r in records_a + records_b):
-        return None
-    fa = np.exp(np.stack([r["full_logprobs"] for r in records_a]).astype(np.float64))
-    fb = np.exp(np.stack([r["full_logprobs"] for r in records_b]).astype(np.float64))
-    if fa.shape != fb.shape:
-        return None
+def _full_first(a: dict, b: dict) -> tuple[float, float]:
+    """Exact full-vocabulary (prob_cos, kl) at position 0 when both records carry full_logprobs."""
+    if "full_logprobs" not in a or "full_logprobs" not in b or a["full_logprobs"].shape != b["full_logprobs"].shape:
+        return float("nan"), float("nan")
+    fa = np.exp(a["full_logprobs"].astype(np.float64))[None]
+    fb = np.exp(b["full_logprobs"].astype(np.float64))[None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (fa * fb).sum(axis=1) / np.sqrt((fa * fa).sum(axis=1) * (fb * fb).sum(axis=1))
-    return {"full_prob_cos_first": cos, "full_kl_first": _kl(fa, fb)}
+        cos = (fa * fb).sum() / np.sqrt((fa * fa).sum() * (fb * fb).sum())
+    return float(cos), float(_kl(fa, fb)[0])
 
 
-def _compare(records_a: list[dict], records_b: list[dict], forced: bool):
-    lengths = [compared_length(a["token_ids"], b["token_ids"], forced) for a, b in zip(records_a, records_b)]
-    pos = stack_positions(records_a, records_b, lengths)
-    return lengths, pos, position_metrics(pos)
+def _width(record: dict) -> int:
+    return record["topk_ids"].shape[1] if record["topk_ids"].shape[0] else 0
 
 
-def position_detail(records_a: list[dict], records_b: list[dict], forced: bool) -> dict[str, list]:
-    """KL and top-1 agreement at every compared position, columnar: what a report plots."""
-    lengths, pos, values = _compare(records_a, records_b, forced)
-    position = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0, np.int64)
-    return {"prompt": pos.prompt.tolist(), "position": position.tolist(),
-            "kl": values["kl"].tolist(), "top1_match": values["top1_match"].tolist()}
+class LogprobComparison:
+    """A logprob diff accumulated chunk by chunk, prompts in order: runs of any size are compared
+    without holding them in memory, and the result does not depend on the chunk size.
+
+    Each prompt is compared on its own common K (the smaller top-k of its two records).
+
+        comparison = LogprobComparison(forced=False)
+        for chunk_a, chunk_b in chunks:
+            comparison.add(chunk_a, chunk_b)
+        per_prompt, summary = comparison.result()
+    """
+
+    DETAIL_LIMIT = 20_000  # per-position values kept for pictures
+
+    def __init__(self, forced: bool):
+        self.forced = forced
+        self.per: dict[str, list] = {name: [] for name in (*POSITION_METRICS, "full_prob_cos_first", "full_kl_first")}
+        self.lengths: list[int] = []
+        self.divergence: list[int | None] = []
+        self.widths: list[int] = []
+        self.nonfinite = [0, 0]
+        self.detail_rows: list[tuple[int, int, float, float]] = []
+
+    def add(self, records_a: list[dict], records_b: list[dict]) -> None:
+        offset, n = len(self.lengths), len(records_a)
+        lengths = [compared_length(a["token_ids"], b["token_ids"], self.forced) for a, b in zip(records_a, records_b)]
+        widths = [min(_width(a), _width(b)) if length else 0 for a, b, length in zip(records_a, records_b, lengths)]
+        chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
+        for k in sorted({w for w in widths if w}):
+            idx = [i for i in range(n) if widths[i] == k]
+            pos = stack_positions([records_a[i] for i in idx], [records_b[i] for i in idx], [lengths[i] for i in idx], k)
+            values = position_metrics(pos)
+            for name in POSITION_METRICS:
+                chunk[name][idx] = _per_prompt_mean(values[name], pos.prompt, len(idx))
+            room = self.DETAIL_LIMIT - len(self.detail_rows)
+            if room > 0:
+                starts = np.concatenate([[0], np.cumsum([lengths[i] for i in idx])[:-1]])
+                within = np.arange(len(pos.prompt)) - starts[pos.prompt]
+                self.detail_rows += [(offset + idx[p], int(t), float(kl), float(top1)) for p, t, kl, top1 in
+                                     zip(pos.prompt[:room], within[:room], values["kl"][:room], values["top1_match"][:room])]
+        for name in POSITION_METRICS:
+            self.per[name].extend(chunk[name].tolist())
+        for a, b in zip(records_a, records_b):
+            cos, kl = _full_first(a, b)
+            self.per["full_prob_cos_first"].append(cos)
+            self.per["full_kl_first"].append(kl)
+            self.divergence.append(first_divergence(a["token_ids"], b["token_ids"]))
+            self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a["topk_logprobs"])))
+            self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b["topk_logprobs"])))
+        self.lengths += lengths
+        self.widths += widths
+
+    def result(self):
+        """(per-prompt arrays, summary)."""
+        per = {name: np.asarray(values, dtype=np.float64) for name, values in self.per.items()}
+        has_full = bool(np.isfinite(per["full_kl_first"]).any())
+        if not has_full:
+            del per["full_prob_cos_first"], per["full_kl_first"]
+        per["positions"] = np.asarray(self.lengths, dtype=np.int64)
+        per["first_divergence"] = np.asarray([-1 if d is None else d for d in self.divergence], dtype=np.int64)
+        # A prompt with no compared position (a run that stopped at once) has NaN metrics and is
+        # left out of the means; if no prompt has a position, the summary is NaN and gates fail.
+        compared = per["positions"] > 0
+        summary: dict[str, float | int | None] = {
+            name: float(np.mean(per[name][compared])) if compared.any() else float("nan") for name in POSITION_METRICS
+        }
+        summary["prompts_compared"] = int(compared.sum())
+        if has_full:
+            summary.update({name: float(np.nanmean(per[name])) for name in ("full_prob_cos_first", "full_kl_first")})
+        diverged = [d for d in self.divergence if d is not None]
+        summary["first_divergence"] = min(diverged) if diverged else None
+        summary["diverged_prompts"] = len(diverged)
+        summary["positions"] = int(sum(self.lengths))
+        summary["top_k"] = min((w for w in self.widths if w), default=0)
+        summary["nonfinite_a"], summary["nonfinite_b"] = self.nonfinite
+        return per, summary
+
+    def detail(self) -> dict[str, list]:
+        """KL and top-1 agreement at the compared positions (the first DETAIL_LIMIT), columnar."""
+        rows = sorted(self.detail_rows)
+        return {"prompt": [r[0] for r in rows], "position": [r[1] for r in rows],
+                "kl": [r[2] for r in rows], "top1_match": [r[3] for r in rows]}
 
 
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
     """Per-prompt metric arrays and the summary for two runs' records of the same prompts."""
-    n = len(records_a)
-    lengths, pos, values = _compare(records_a, records_b, forced)
-    divergence = [first_divergence(a["token_ids"], b["token_ids"]) for a, b in zip(records_a, records_b)]
-    per = {name: _per_prompt_mean(values[name], pos.prompt, n) for name in POSITION_METRICS}
-    per["positions"] = np.asarray(lengths, dtype=np.int64)
-    per["first_divergence"] = np.asarray([-1 if d is None else d for d in divergence], dtype=np.int64)
-    full = full_first_metrics(records_a, records_b)
-    if full:
-        per.update(full)
+    comparison = LogprobComparison(forced)
+    comparison.add(records_a, records_b)
+    return comparison.result()
 
-    # A prompt with no compared position (a run that stopped at once) has NaN metrics and is
-    # left out of the means; if no prompt has a position, the summary is NaN and gates fail.
-    compared = np.asarray(lengths) > 0
-    summary: dict[str, float | int | None] = {
-        name: float(np.mean(per[name][compared])) if compared.any() else float("nan") for name in POSITION_METRICS
-    }
-    summary["prompts_compared"] = int(compared.sum())
-    if full:
-        summary.update({name: float(np.mean(v)) for name, v in full.items()})
-    diverged = [d for d in divergence if d is not None]
-    summary["first_divergence"] = min(diverged) if diverged else None
-    summary["diverged_prompts"] = len(diverged)
-    summary["positions"] = int(sum(lengths))
-    summary["top_k"] = int(pos.ids_a.shape[1])
-    summary["nonfinite_a"] = sum(int(np.count_nonzero(~np.isfinite(r["topk_logprobs"]))) for r in records_a)
-    summary["nonfinite_b"] = sum(int(np.count_nonzero(~np.isfinite(r["topk_logprobs"]))) for r in records_b)
-    return per, summary
+
+def position_detail(records_a: list[dict], records_b: list[dict], forced: bool) -> dict[str, list]:
+    """KL and top-1 agreement at every compared position, columnar: what a report plots."""
+    comparison = LogprobComparison(forced)
+    comparison.add(records_a, records_b)
+    return comparison.detail()
