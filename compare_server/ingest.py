@@ -22,7 +22,7 @@ def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: di
     rows = []
     for index, blob in records:
         try:
-            validate(decode(blob), kind)
+            validate(decode(blob), kind)  # views into the blob: nothing is copied
         except RecordError as e:
             raise InvalidInput(f"run {run_id} record {index}: {e}") from None
         rows.append((index, blob, record_sha256(blob)))

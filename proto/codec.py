@@ -17,7 +17,9 @@ so the server never copies tensor bytes it only needs to read.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 
 import numpy as np
@@ -58,23 +60,21 @@ def encode(arrays: dict[str, np.ndarray]) -> bytes:
     return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
-def decode(blob: bytes | memoryview) -> dict[str, np.ndarray]:
-    """Parses safetensors bytes into read-only numpy views of the blob; raises RecordError."""
-    size = len(blob)
-    if size < 8:
-        raise RecordError(f"blob of {size} bytes is too short to be safetensors")
-    (header_len,) = struct.unpack_from("<Q", blob, 0)
-    if header_len > min(_MAX_HEADER, size - 8):
-        raise RecordError(f"safetensors header length {header_len} does not fit a blob of {size} bytes")
+@functools.lru_cache(maxsize=4096)
+def _layout(header: bytes) -> tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]:
+    """(name, dtype, shape, start, end) of each tensor, parsed once per distinct header.
+
+    A run's records mostly share a header (same names, dtypes and shapes), so ingest and diff
+    parse JSON once per shape rather than once per record.
+    """
     try:
-        header = json.loads(bytes(blob[8 : 8 + header_len]))
+        parsed = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"safetensors header is not JSON: {e}") from None
-    if not isinstance(header, dict):
+    if not isinstance(parsed, dict):
         raise RecordError("safetensors header is not a JSON object")
-    base = 8 + header_len
-    out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
+    out = []
+    for name, info in parsed.items():
         if name == "__metadata__":
             continue
         try:
@@ -83,10 +83,26 @@ def decode(blob: bytes | memoryview) -> dict[str, np.ndarray]:
             start, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise RecordError(f"tensor {name!r}: unsupported or malformed header entry {info!r}") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if start < 0 or end < start or base + end > size or end - start != count * dtype.itemsize:
+        if start < 0 or end < start or end - start != math.prod(shape) * dtype.itemsize or min(shape, default=1) < 0:
+            raise RecordError(f"tensor {name!r}: data offsets {start}..{end} do not match shape {shape}")
+        out.append((name, dtype, shape, start, end))
+    return tuple(out)
+
+
+def decode(blob: bytes | memoryview) -> dict[str, np.ndarray]:
+    """Parses safetensors bytes into read-only numpy views of the blob; raises RecordError."""
+    size = len(blob)
+    if size < 8:
+        raise RecordError(f"blob of {size} bytes is too short to be safetensors")
+    (header_len,) = struct.unpack_from("<Q", blob, 0)
+    if header_len > min(_MAX_HEADER, size - 8):
+        raise RecordError(f"safetensors header length {header_len} does not fit a blob of {size} bytes")
+    base = 8 + header_len
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape, start, end in _layout(bytes(blob[8:base])):
+        if base + end > size:
             raise RecordError(f"tensor {name!r}: data offsets {start}..{end} do not match shape {shape} in a blob of {size} bytes")
-        out[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=base + start).reshape(shape)
+        out[name] = np.frombuffer(blob, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start).reshape(shape)
     return out
 
 

@@ -40,7 +40,7 @@ def test_sim_pearson_is_pearson_r_of_the_similarity_upper_triangles(pair):
     an, bn = normalise(a), normalise(b)
     iu = np.triu_indices(len(a), k=1)
     expected = pearsonr((an @ an.T)[iu], (bn @ bn.T)[iu]).statistic
-    assert s["sim_pearson"] == pytest.approx(expected, abs=1e-9)
+    assert s["sim_pearson"] == pytest.approx(expected, abs=1e-6)  # similarities are float32 products
 
 
 def test_neighbour_overlap_matches_a_brute_force_count(pair):
@@ -106,6 +106,6 @@ def test_the_error_histogram_counts_every_element_up_to_the_largest_error(pair):
 def test_wide_embeddings_use_a_bounded_similarity_sample():
     from compare_server.metrics.embeddings import SAMPLE_ELEMENTS, sample_indexes
 
-    assert len(sample_indexes(10_000, 768)) == 2048
+    assert len(sample_indexes(10_000, 768)) == 1024
     wide = sample_indexes(4096, 65536)
     assert len(wide) * 65536 <= SAMPLE_ELEMENTS and wide[0] == 0 and wide[-1] == 4095

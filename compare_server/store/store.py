@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
@@ -149,15 +149,16 @@ class Store:
                 raise InvalidInput(f"run {run_id}: record index {bad[0]} is out of range 0..{run.prompt_count - 1}")
             if len(set(indexes)) != len(indexes):
                 raise DuplicateRecord(f"run {run_id}: a batch repeats record index {_first_repeat(indexes)}")
-            stored = s.scalars(
-                select(RecordRow.idx).where(RecordRow.run_id == run_id, RecordRow.idx.in_(indexes)).limit(1)
-            ).first()
-            if stored is not None:
-                raise DuplicateRecord(f"run {run_id}: record {stored} is already stored; each record is uploaded once")
             if records:
-                s.execute(insert(RecordRow), [
-                    {"run_id": run_id, "idx": i, "blob": blob, "sha256": sha} for i, blob, sha in records
-                ])
+                try:
+                    # One executemany; the primary key refuses a record sent twice, no query first.
+                    self._insert_records(s, [(run_id, i, sha, blob) for i, blob, sha in records])
+                except IntegrityError:
+                    s.rollback()
+                    stored = s.scalars(select(RecordRow.idx).where(
+                        RecordRow.run_id == run_id, RecordRow.idx.in_(indexes)).limit(1)).first()
+                    raise DuplicateRecord(
+                        f"run {run_id}: record {stored} is already stored; each record is uploaded once") from None
             # Incremented in SQL, not from the loaded row, so concurrent streams cannot lose counts.
             return s.execute(
                 update(RunRow).where(RunRow.id == run_id)
@@ -313,6 +314,14 @@ class Store:
             return s.scalar(select(func.count()).select_from(RunRow))
 
     # -- helpers (take the session) -------------------------------------------------------------
+
+    def _insert_records(self, s: Session, rows: list[tuple]) -> None:
+        """The ingest hot path. On SQLite the driver's executemany takes the rows as they are
+        (SQLAlchemy's per-row parameter processing costs ~20% of ingest there); elsewhere Core."""
+        if self.engine.dialect.name == "sqlite":
+            s.connection().exec_driver_sql("INSERT INTO records (run_id, idx, sha256, blob) VALUES (?, ?, ?, ?)", rows)
+        else:
+            s.execute(insert(RecordRow.__table__), [{"run_id": r, "idx": i, "sha256": h, "blob": b} for r, i, h, b in rows])
 
     def _run_row(self, s: Session, id_or_prefix: str) -> RunRow:
         if not id_or_prefix:
