@@ -34,6 +34,10 @@ demo: $(STAMP)
 test: $(STAMP) system
 	$(PY) -m pytest -q tests
 
+# Performance against this machine's limits (not part of `make test`, which runs a smoke-sized pass).
+bench: $(STAMP)
+	$(PY) bench/run.py
+
 stubs: $(STAMP)
 	$(PY) proto/codegen.py
 

@@ -11,6 +11,7 @@ digests match, whatever the sets were called.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class PromptSet:
     name: str
     prompts: tuple[Prompt, ...]
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return prompt_digest((p.id, p.text) for p in self.prompts)
 

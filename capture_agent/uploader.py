@@ -32,10 +32,11 @@ BACKOFF_MAX_S = 8.0
 
 
 class Spool:
-    """Records sent but not yet acknowledged, in a temporary file."""
+    """Records sent but not yet acknowledged, kept until the server has them."""
 
-    def __init__(self):
-        self._file = tempfile.TemporaryFile(prefix="cmp-spool-")
+    def __init__(self, memory_bytes: int = 64 * 1024 * 1024):
+        # In memory up to memory_bytes, then on disk: a few seconds of records rarely spill.
+        self._file = tempfile.SpooledTemporaryFile(max_size=memory_bytes, prefix="cmp-spool-")
         self._entries: list[tuple[int, int, int]] = []  # index, offset, length
 
     def add(self, index: int, blob: bytes) -> None:

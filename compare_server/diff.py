@@ -25,6 +25,7 @@ from proto.codec import RecordError, decode, validate
 MISMATCH_COS = 0.99
 # Prompts decoded and compared at a time: bounded memory for runs of any size.
 CHUNK = 256
+CHUNK_BYTES = 8 * 1024 * 1024
 
 
 def check_comparable(a: Run, b: Run) -> None:
@@ -55,8 +56,14 @@ def _decode(run: Run, records) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def record_chunks(store, a: Run, b: Run, chunk: int = CHUNK):
-    """Both runs' decoded records, prompt-aligned, a chunk of prompts at a time (streamed)."""
+def record_chunks(store, a: Run, b: Run):
+    """Both runs' decoded records, prompt-aligned, a chunk of prompts at a time (streamed).
+
+    A chunk holds at most CHUNK prompts and about CHUNK_BYTES of each run's records, so wide
+    records (a 65,536-wide embedding is 256 KB) come a few at a time.
+    """
+    record_bytes = max(run.byte_count // max(run.record_count, 1) for run in (a, b))
+    chunk = max(1, min(CHUNK, CHUNK_BYTES // max(record_bytes, 1)))
     for part_a, part_b in zip(store.iter_records(a.id, chunk), store.iter_records(b.id, chunk), strict=True):
         yield _decode(a, part_a), _decode(b, part_b)
 

@@ -19,6 +19,7 @@ class Run:
     prompt_set_digest: str
     prompt_count: int
     record_count: int
+    byte_count: int = 0
     fingerprint: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
 

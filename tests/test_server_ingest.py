@@ -137,3 +137,23 @@ def test_diffs_of_incomparable_runs_are_failed_precondition_naming_both_runs(stu
     with pytest.raises(grpc.RpcError) as e:
         stub.DiffRuns(pb.DiffRequest(run_a=a, run_b=still_open), timeout=10)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "is open, not complete" in e.value.details()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"embedding": np.ones(8, np.float64)}, "expected float32"),
+    ({"embedding": np.ones((2, 4), np.float32)}, "expected 1 dimensions"),
+    ({"vector": np.ones(8, np.float32)}, "unexpected tensors"),
+])
+def test_wrong_tensor_names_shapes_or_dtypes_are_invalid_argument_and_store_nothing(stub, arrays, message):
+    run_id = _open(stub)
+    with pytest.raises(grpc.RpcError) as e:
+        _upload(stub, run_id, [(0, encode(arrays))])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
+    assert _status(stub, run_id).record_count == 0
+
+
+def test_an_index_out_of_range_is_invalid_argument(stub):
+    run_id = _open(stub)
+    with pytest.raises(grpc.RpcError) as e:
+        _upload(stub, run_id, [(3, _blob(3))])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out of range 0..2" in e.value.details()

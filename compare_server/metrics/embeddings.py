@@ -131,8 +131,8 @@ class EmbeddingComparison:
             bins = np.minimum((errors.ravel() * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.int64), HISTOGRAM_FINE_BINS - 1)
             self.fine += np.bincount(bins, minlength=HISTOGRAM_FINE_BINS)
         local = self.sample[(self.sample >= self.offset) & (self.sample < self.offset + len(a))] - self.offset
-        self.sampled_a.append(an[local])
-        self.sampled_b.append(bn[local])
+        self.sampled_a.append(an[local].astype(np.float32))  # the similarity metrics work in float32
+        self.sampled_b.append(bn[local].astype(np.float32))
         self.offset += len(a)
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:

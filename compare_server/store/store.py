@@ -359,7 +359,7 @@ def _to_run(row: RunRow) -> Run:
         id=row.id, status=row.status, status_reason=row.status_reason,
         created_at=row.created_at, completed_at=row.completed_at,
         prompt_set_name=row.prompt_set_name, prompt_set_digest=row.prompt_set_digest,
-        prompt_count=row.prompt_count, record_count=row.record_count,
+        prompt_count=row.prompt_count, record_count=row.record_count, byte_count=row.byte_count,
         fingerprint={k: getattr(row, k) for k in FINGERPRINT_COLUMNS},
         options=json.loads(row.options_json),
     )
