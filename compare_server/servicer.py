@@ -105,9 +105,9 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
     def GetRecords(self, request, context):
         with _statuses(context):
             run = self.store.get_run(request.run_id)
-            records = self.store.read_records(run.id)
-        for rec in records:
-            yield pb.Record(index=rec.index, blob=rec.blob)
+            for chunk in self.store.iter_records(run.id):  # streamed: a large run is never held whole
+                for rec in chunk:
+                    yield pb.Record(index=rec.index, blob=rec.blob)
 
     def CloseRun(self, request, context):
         with _statuses(context):
