@@ -45,13 +45,13 @@ def _statuses(context: grpc.ServicerContext):
 
 
 def run_to_pb(run: Run, perf: list[dict] = ()) -> pb.Run:
-    return pb.Run(perf=perf_to_pb(perf),
+    return pb.Run(
         run_id=run.id, status=run.status, status_reason=run.status_reason,
         created=run.created_at.isoformat(timespec="seconds") + "Z",
         completed=run.completed_at.isoformat(timespec="seconds") + "Z" if run.completed_at else "",
         record_count=run.record_count, prompt_set_name=run.prompt_set_name,
         prompt_set_digest=run.prompt_set_digest, prompt_count=run.prompt_count,
-        fingerprint=fingerprint_to_pb(run.fingerprint, run.options),
+        fingerprint=fingerprint_to_pb(run.fingerprint, run.options), perf=perf_to_pb(perf),
     )
 
 
