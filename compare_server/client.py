@@ -37,6 +37,10 @@ class OpenedRun(NamedTuple):
     stored_indexes: list[int]
 
 
+def _opened(reply: pb.OpenRunReply) -> OpenedRun:
+    return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
+
+
 class ServerError(Exception):
     """An rpc that failed; `code` is the grpc.StatusCode, the message is the server's."""
 
@@ -123,8 +127,7 @@ class Client:
             ),
             client_key=client_key,
         )
-        reply = self._call(self._stub.OpenRun, request)
-        return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
+        return _opened(self._call(self._stub.OpenRun, request))
 
     def upload(self, run_id: str, records: Iterable[tuple[int, bytes]]) -> pb.UploadSummary:
         """One stream of (index, blob) records, batched; the iterable may be produced while it streams.
@@ -135,8 +138,7 @@ class Client:
         return self._call(self._stub.UploadRecords, batch_records(records, run_id), timeout=UPLOAD_TIMEOUT_S)
 
     def resume_run(self, run_id: str) -> OpenedRun:
-        reply = self._call(self._stub.ResumeRun, pb.GetRunRequest(run_id=run_id))
-        return OpenedRun(reply.run_id, reply.existing, reply.status, list(reply.stored_indexes))
+        return _opened(self._call(self._stub.ResumeRun, pb.GetRunRequest(run_id=run_id)))
 
     def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "",
                   perf: list[dict] | None = None) -> tuple[str, str]:

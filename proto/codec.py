@@ -25,9 +25,6 @@ import struct
 import numpy as np
 from safetensors.numpy import save as _st_save
 
-# Modes as the fingerprint records them, and the record kind each one produces.
-MODE_KIND = {"embed": "embed", "greedy": "logprobs", "forced": "logprobs"}
-
 _DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 import numpy as np
 import pytest
 
-from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN
+from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, RunFilter
 from compare_server.errors import Ambiguous, Conflict, DuplicateRecord, InvalidInput, NotFound, SchemaOutOfDate
 from compare_server.store.schema import head_revision
 from compare_server.store.store import Store, upgrade_database
@@ -115,7 +115,7 @@ def test_runs_are_found_by_a_unique_prefix_of_their_id(store):
 def test_runs_are_listed_newest_first(store):
     ids = [_open(store) for _ in range(3)]
     assert [r.id for r in store.list_runs()] == ids[::-1]
-    assert len(store.list_runs(limit=2)) == 2
+    assert len(store.list_runs(RunFilter(limit=2))) == 2
 
 
 def test_a_new_database_is_in_wal_mode_with_the_schema_at_head(tmp_path):

@@ -11,6 +11,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from proto.messages import FINGERPRINT_FIELDS
+
 # Named constraints, so migrations can refer to them on SQLite and PostgreSQL alike.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -19,12 +21,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-# Fingerprint fields stored as plain string columns, in proto order.
-FINGERPRINT_COLUMNS = (
-    "host", "os", "python", "torch", "torch_npu", "cann", "driver", "chip", "vllm", "vllm_ascend",
-    "transformers", "backend", "device", "device_name", "dtype", "model_name", "model_digest", "mode", "label",
-    "cuda",
-)
+# Every fingerprint field of the wire contract is a string column of runs, declared in RunRow
+# below and indexed where runs are filtered by it.
+FINGERPRINT_COLUMNS = FINGERPRINT_FIELDS
 
 
 class Base(DeclarativeBase):
@@ -113,5 +112,7 @@ class PerfRow(Base):
     p99_ms: Mapped[float] = mapped_column(Float)
     throughput: Mapped[float] = mapped_column(Float)  # requests per second
 
+
+PERF_FIELDS = tuple(c.name for c in PerfRow.__table__.columns if c.name != "run_id")
 
 Index("ix_runs_model_device_dtype", RunRow.model_name, RunRow.device, RunRow.dtype)

@@ -18,19 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import create_engine, event, func, insert, or_, select, update
+from sqlalchemy import create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
 from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound, TooLarge
-from compare_server.store.models import FINGERPRINT_COLUMNS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
+from compare_server.store.models import FINGERPRINT_COLUMNS, PERF_FIELDS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import run_digest
 
 DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
-PERF_FIELDS = ("batch_size", "batches", "latency_ms", "p50_ms", "p95_ms", "p99_ms", "throughput")
 
 
 class StoreError(CmpError):
@@ -200,17 +199,13 @@ class Store:
                 run.status_reason = f"abandoned: no upload for {idle_seconds:.0f} s"
             return [r.id for r in stale]
 
-    def stored_hashes(self, run_id: str) -> dict[int, str]:
-        """index -> sha256 of the records a run holds: what a resuming agent compares against."""
-        with self.session() as s:
-            return dict(s.execute(select(RecordRow.idx, RecordRow.sha256).where(RecordRow.run_id == run_id)).all())
 
     def get_run(self, id_or_prefix: str) -> Run:
         """The run with this id, or the only run whose id starts with it."""
         with self.session() as s:
             return _to_run(self._run_row(s, id_or_prefix))
 
-    def list_runs(self, limit: int = 0, filters: RunFilter | None = None) -> list[Run]:
+    def list_runs(self, filters: RunFilter | None = None) -> list[Run]:
         """Runs matching the filter's column conditions, newest first.
 
         The version-aware `where` conditions are the caller's (compare_server.runs), since
@@ -233,8 +228,8 @@ class Store:
                 q = q.where(RunRow.created_at >= f.since)
             if f.until:
                 q = q.where(RunRow.created_at < f.until)
-            if limit or f.limit:
-                q = q.limit(limit or f.limit)
+            if f.limit:
+                q = q.limit(f.limit)
             return [_to_run(r) for r in s.scalars(q)]
 
     # -- records and prompts --------------------------------------------------------------------
@@ -309,9 +304,6 @@ class Store:
                 out.setdefault(r.run_id, []).append({c: getattr(r, c) for c in PERF_FIELDS})
             return out
 
-    def count_runs(self) -> int:
-        with self.session() as s:
-            return s.scalar(select(func.count()).select_from(RunRow))
 
     # -- helpers (take the session) -------------------------------------------------------------
 
