@@ -9,6 +9,8 @@ The report is a plain JSON-ready dict (what `cmp diff --format json` prints).
 from __future__ import annotations
 
 import math
+import queue
+import threading
 
 import numpy as np
 
@@ -18,7 +20,7 @@ from compare_server.metrics import METRICS_VERSION
 from compare_server.metrics.embeddings import EmbeddingComparison
 from compare_server.metrics.gates import GateError, evaluate_gates
 from compare_server.metrics.logprobs import LogprobComparison
-from proto.codec import RecordError, decode, validate
+from proto.codec import RecordError, decode, decode_stacked, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
 # 0.999+); the nomic report's 0.886 was an implementation mismatch.
@@ -56,16 +58,93 @@ def _decode(run: Run, records) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _embeddings(run: Run, records) -> np.ndarray:
+    """A chunk of records' embeddings as one [n, D] array: records of one shape share a header, so
+    they decode as one strided view of their joined bytes."""
+    try:
+        stacked = decode_stacked([rec.blob for rec in records], "embed")
+    except RecordError as e:
+        raise InvalidInput(f"run {run.id} record {records[0].index}: {e}") from None
+    if stacked is not None:
+        return stacked["embedding"]
+    embeddings = [r["embedding"] for r in _decode(run, records)]
+    sizes = sorted({len(e) for e in embeddings})
+    if len(sizes) > 1:
+        raise InvalidInput(f"run {run.id} holds embeddings of different sizes ({sizes}) near record "
+                           f"{records[0].index}: capture it again with one model")
+    return np.stack(embeddings)
+
+
 def record_chunks(store, a: Run, b: Run):
-    """Both runs' decoded records, prompt-aligned, a chunk of prompts at a time (streamed).
+    """Both runs' stored records, prompt-aligned, a chunk of prompts at a time (streamed).
 
     A chunk holds at most CHUNK prompts and about CHUNK_BYTES of each run's records, so wide
     records (a 65,536-wide embedding is 256 KB) come a few at a time.
     """
     record_bytes = max(run.byte_count // max(run.record_count, 1) for run in (a, b))
     chunk = max(1, min(CHUNK, CHUNK_BYTES // max(record_bytes, 1)))
-    for part_a, part_b in zip(store.iter_records(a.id, chunk), store.iter_records(b.id, chunk), strict=True):
-        yield _decode(a, part_a), _decode(b, part_b)
+    parts_a, parts_b = store.iter_records(a.id, chunk), store.iter_records(b.id, chunk)
+    try:
+        yield from zip(parts_a, parts_b, strict=True)
+    finally:  # release both database cursors now, not whenever the generators are collected
+        parts_a.close()
+        parts_b.close()
+
+
+class Prefetched:
+    """Iterates what the generator `items` yields, produced up to `depth` ahead by a worker thread
+    that starts at once.
+
+    The database driver and numpy release the GIL, so the next chunk is read and decoded while the
+    metrics run on this one. close() (or leaving the `with` block) stops the worker and closes
+    `items` in it, so no cursor outlives the diff.
+    """
+
+    _DONE = object()
+
+    def __init__(self, items, depth: int = 2):
+        self._items = items
+        self._slots: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._produce, name="cmp-prefetch", daemon=True)
+        self._worker.start()
+
+    def _produce(self) -> None:
+        try:
+            for item in self._items:
+                self._slots.put((item, None))
+                if self._stop.is_set():
+                    break
+            self._slots.put((self._DONE, None))
+        except BaseException as e:  # handed to the consumer and raised there
+            self._slots.put((self._DONE, e))
+        finally:
+            self._items.close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, error = self._slots.get()
+        if error is not None:
+            raise error
+        if item is self._DONE:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._worker.is_alive():  # unblock a worker waiting for a free slot
+            try:
+                self._slots.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _json_number(x):
@@ -75,6 +154,17 @@ def _json_number(x):
     if isinstance(x, (np.floating, float)):
         return float(x) if math.isfinite(x) else None
     return x
+
+
+def _json_column(values: np.ndarray, none_below_zero: bool = False) -> list:
+    """A per-prompt array as JSON values: NaN and infinities (and, where asked, negatives) become None."""
+    out = values.tolist()
+    missing = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(len(values), bool)
+    if none_below_zero:
+        missing |= values < 0
+    for i in np.flatnonzero(missing).tolist():
+        out[i] = None
+    return out
 
 
 def _run_summary(run: Run) -> dict:
@@ -87,20 +177,27 @@ def _run_summary(run: Run) -> dict:
 
 def compute_diff(store, a: Run, b: Run) -> dict:
     """Everything about two comparable runs that does not depend on gates: what the cache keeps."""
-    prompts = store.get_prompts(a.prompt_set_digest)
     kind = a.kind
     notes: list[str] = []
     if a.record_count != b.record_count:
         raise CannotCompare(f"runs {a.id} and {b.id} hold {a.record_count} and {b.record_count} records")
+    decode_chunk = _embeddings if kind == "embed" else _decode
+    decoded = ((decode_chunk(a, ra), decode_chunk(b, rb)) for ra, rb in record_chunks(store, a, b))
+    with Prefetched(decoded) as chunks:
+        prompts = store.get_prompts(a.prompt_set_digest)  # read while the first chunks stream in
+        if kind == "embed":
+            comparison = EmbeddingComparison(len(prompts))
+            for ea, eb in chunks:
+                if ea.shape[1] != eb.shape[1]:
+                    raise CannotCompare(f"runs {a.id} and {b.id} have embeddings of different sizes: "
+                                        f"{ea.shape[1]} vs {eb.shape[1]}")
+                comparison.add(ea, eb)
+        else:
+            comparison = LogprobComparison("forced" in (a.fingerprint["mode"], b.fingerprint["mode"]))
+            for ra, rb in chunks:
+                comparison.add(ra, rb)
+    per, summary = comparison.result()
     if kind == "embed":
-        comparison = EmbeddingComparison(len(prompts))
-        for ra, rb in record_chunks(store, a, b):
-            ea, eb = np.stack([r["embedding"] for r in ra]), np.stack([r["embedding"] for r in rb])
-            if ea.shape != eb.shape:
-                raise CannotCompare(f"runs {a.id} and {b.id} have embeddings of different sizes: "
-                                    f"{ea.shape[1]} vs {eb.shape[1]}")
-            comparison.add(ea, eb)
-        per, summary = comparison.result()
         detail = {"error_histogram": comparison.histogram()}
         if summary["cos_mean"] < MISMATCH_COS:
             notes.append(
@@ -109,11 +206,6 @@ def compute_diff(store, a: Run, b: Run) -> dict:
                 "architecture), not rounding"
             )
     else:
-        forced = "forced" in (a.fingerprint["mode"], b.fingerprint["mode"])
-        comparison = LogprobComparison(forced)
-        for ra, rb in record_chunks(store, a, b):
-            comparison.add(ra, rb)
-        per, summary = comparison.result()
         detail = {"per_position": comparison.detail()}
         missing = len(prompts) - summary["prompts_compared"]
         if missing:
@@ -125,19 +217,16 @@ def compute_diff(store, a: Run, b: Run) -> dict:
             notes.append(
                 f"greedy outputs diverge in {summary['diverged_prompts']} of {len(prompts)} prompts "
                 f"(earliest at position {summary['first_divergence']}); positions after a divergence are not compared"
-                if not forced else f"{summary['diverged_prompts']} prompts have different scored tokens"
+                if not comparison.forced else f"{summary['diverged_prompts']} prompts have different scored tokens"
             )
     for side, run in (("a", a), ("b", b)):
         if summary.get(f"nonfinite_{side}"):
             notes.append(f"run {run.id} holds {summary[f'nonfinite_{side}']} NaN or infinite values: "
                          "metrics that touch them are NaN and fail their gates")
-    per_prompt = []
-    for i, p in enumerate(prompts):
-        row = {"index": i, "id": p["id"], "text": p["text"]}
-        for name, values in per.items():
-            v = values[i]
-            row[name] = None if name == "first_divergence" and v < 0 else _json_number(v)
-        per_prompt.append(row)
+    keys = ("index", "id", "text", *per)
+    columns = [_json_column(values, none_below_zero=name == "first_divergence") for name, values in per.items()]
+    per_prompt = [dict(zip(keys, row)) for row in
+                  zip(range(len(prompts)), (p["id"] for p in prompts), (p["text"] for p in prompts), *columns)]
     return {
         "kind": kind,
         "metrics_version": METRICS_VERSION,

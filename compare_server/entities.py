@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 RUN_OPEN, RUN_COMPLETE, RUN_FAILED = "open", "complete", "failed"
 
@@ -29,8 +30,9 @@ class Run:
         return "embed" if self.fingerprint.get("mode") == "embed" else "logprobs"
 
 
-@dataclass(frozen=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
+    """One stored record. A tuple, not a dataclass: diffs make them by the ten thousand."""
+
     index: int
     sha256: str
     blob: bytes

@@ -195,7 +195,11 @@ def report_page(report: dict, run_a: dict, run_b: dict) -> str:
         h = detail["error_histogram"]
         centres = [f"{(lo + hi) / 2:.2g}" for lo, hi in zip(h["edges"][:-1], h["edges"][1:])]
         out.append("<h2>Element errors |â − b̂|</h2>")
-        out.append(bar_chart(centres, [int(c) for c in h["counts"]], "number of embedding elements per error bin",
+        counted = report["prompt_set"]["count"]
+        if h.get("prompts", counted) < counted:
+            counted = f"an evenly spaced {h['prompts']} of {counted}"
+        out.append(bar_chart(centres, [int(c) for c in h["counts"]],
+                             f"number of embedding elements per error bin, over {counted} prompts",
                              higher_is_better=False))
     out.append("<h2>Fingerprints</h2><p class=sub>Rows that differ are highlighted.</p>")
     out.append(_fingerprint_table(run_a, run_b))

@@ -135,3 +135,29 @@ def validate(arrays: dict[str, np.ndarray], kind: str) -> None:
                 f"{list(arrays['topk_logprobs'].shape)} differ in shape"
             )
 
+
+
+def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | None:
+    """Records that share one header, decoded together into read-only arrays with a leading record
+    axis ([n, *shape]): one validation, one join and one strided view per tensor instead of n
+    decodes. None when the blobs do not share a header (decode them one by one instead).
+
+    Raises RecordError when the shared header does not fit `kind`.
+    """
+    if not blobs:
+        return None
+    first = blobs[0]
+    size = len(first)
+    if size < 8:
+        raise RecordError(f"blob of {size} bytes is too short to be safetensors")
+    (header_len,) = struct.unpack_from("<Q", first, 0)
+    head = bytes(first[:8 + header_len])
+    if any(len(b) != size or not b.startswith(head) for b in blobs):
+        return None
+    validate(decode(first), kind)
+    joined = b"".join(blobs)
+    return {
+        name: np.ndarray((len(blobs), *shape), dtype, joined, offset=len(head) + start,
+                         strides=(size, *np.empty(shape, dtype).strides))
+        for name, dtype, shape, start, _ in _layout(head[8:])
+    }

@@ -82,3 +82,24 @@ def test_offsets_that_disagree_with_the_shape_are_refused():
 def test_records_that_do_not_fit_their_kind_are_refused(arrays, kind, message):
     with pytest.raises(RecordError, match=message):
         validate(decode(encode(arrays)), kind)
+
+
+def test_records_sharing_a_header_decode_stacked_exactly_as_one_by_one():
+    from proto.codec import decode_stacked
+
+    rng = np.random.default_rng(0)
+    blobs = [encode(_logprob_record()) for _ in range(5)] + [encode({**_logprob_record(), "topk_ids": rng.integers(0, 9, (3, 4))})]
+    stacked = decode_stacked(blobs, "logprobs")
+    for i, blob in enumerate(blobs):
+        for name, array in decode(blob).items():
+            np.testing.assert_array_equal(stacked[name][i], array)
+    assert not stacked["topk_ids"].flags.writeable
+
+
+def test_records_with_different_headers_are_not_stacked_and_a_wrong_kind_is_refused():
+    from proto.codec import decode_stacked
+
+    two_sizes = [encode({"embedding": np.ones(4, np.float32)}), encode({"embedding": np.ones(5, np.float32)})]
+    assert decode_stacked(two_sizes, "embed") is None
+    with pytest.raises(RecordError, match="unexpected tensors"):
+        decode_stacked([encode(_logprob_record())] * 2, "embed")

@@ -100,12 +100,27 @@ def test_the_error_histogram_counts_every_element_up_to_the_largest_error(pair):
     h = error_histogram(a, b, bins=10)
     errors = np.abs(normalise(a) - normalise(b))
     assert sum(h["counts"]) == errors.size and len(h["counts"]) <= 10
-    assert h["edges"][0] == 0.0 and h["edges"][-1] >= errors.max()
+    assert h["edges"][0] == 0.0 and h["edges"][-1] >= errors.max() and h["prompts"] == len(a)
+
+
+def test_a_large_run_histograms_the_elements_of_an_evenly_spaced_sample_of_prompts():
+    from compare_server.metrics.embeddings import SIMILARITY_SAMPLE, EmbeddingComparison, sample_indexes
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(3000, 16)).astype(np.float32)
+    b = (a + rng.normal(scale=1e-3, size=a.shape)).astype(np.float32)
+    comparison = EmbeddingComparison(len(a))
+    for start in range(0, len(a), 256):
+        comparison.add(a[start:start + 256], b[start:start + 256])
+    h = comparison.histogram(bins=10)
+    sample = sample_indexes(len(a), 16)
+    assert h["prompts"] == len(sample) == SIMILARITY_SAMPLE and sum(h["counts"]) == len(sample) * 16
+    assert h["edges"][-1] >= np.abs(normalise(a[sample]) - normalise(b[sample])).max()
 
 
 def test_wide_embeddings_use_a_bounded_similarity_sample():
     from compare_server.metrics.embeddings import SAMPLE_ELEMENTS, sample_indexes
 
-    assert len(sample_indexes(10_000, 768)) == 1024
+    assert len(sample_indexes(10_000, 768)) == 512
     wide = sample_indexes(4096, 65536)
     assert len(wide) * 65536 <= SAMPLE_ELEMENTS and wide[0] == 0 and wide[-1] == 4095

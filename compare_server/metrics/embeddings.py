@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# The similarity-matrix metrics cost O(N² D); past this many prompts they use an evenly spaced
-# sample, so a 10,000-prompt diff stays fast and small. The summary says how many were used.
-SIMILARITY_SAMPLE = 1024
+# The similarity-matrix metrics cost O(N² D) and the element histogram O(N D) on top of the
+# per-prompt metrics; past this many prompts both use an evenly spaced sample (512 prompts give
+# 130,816 similarity pairs), so a 10,000-prompt diff costs little more than reading it. The
+# summary and the histogram say how many prompts they used.
+SIMILARITY_SAMPLE = 512
 SAMPLE_ELEMENTS = 4 * 1024 * 1024
 NEIGHBOURS = 5
 # Element errors are binned finely on [0, 2] (|â - b̂| <= 2) as chunks arrive, then regrouped.
@@ -25,22 +27,25 @@ HISTOGRAM_FINE_BINS = 1 << 16
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, in float64 (a zero row becomes NaN, which the gates catch)."""
-    x = np.asarray(x, dtype=np.float64)
+    """Rows scaled to unit L2 norm, as a new float64 array (a zero row becomes NaN, which the gates
+    catch)."""
+    x = np.array(x, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        x /= np.sqrt(np.einsum("nd,nd->n", x, x))[:, None]
+    return x
 
 
 def sim_pearson(an: np.ndarray, bn: np.ndarray) -> float:
-    """Pearson r between the upper triangles (off-diagonal) of the two cosine-similarity matrices.
+    """Pearson r between the upper triangles (off-diagonal) of the two cosine-similarity matrices."""
+    return _similarity_pearson(_similarity(an), _similarity(bn))
 
-    The matrices are symmetric, so the upper triangle's sums are half the off-diagonal sums:
-    no index arrays over N² entries.
-    """
-    n = an.shape[0]
+
+def _similarity_pearson(sa: np.ndarray, sb: np.ndarray) -> float:
+    # The matrices are symmetric, so the upper triangle's sums are half the off-diagonal sums:
+    # no index arrays over N² entries.
+    n = sa.shape[0]
     if n < 3:
         return float("nan")
-    sa, sb = _similarity(an), _similarity(bn)
     m = n * (n - 1) / 2
 
     def upper(x: np.ndarray) -> float:
@@ -60,18 +65,21 @@ def _similarity(x: np.ndarray) -> np.ndarray:
 
 def neighbour_overlap(an: np.ndarray, bn: np.ndarray, k: int = NEIGHBOURS) -> float:
     """Mean fraction of each prompt's k nearest neighbours (by cosine, excluding itself) shared by A and B."""
-    n = an.shape[0]
+    return _neighbour_overlap(_similarity(an), _similarity(bn), k)
+
+
+def _neighbour_overlap(sa: np.ndarray, sb: np.ndarray, k: int = NEIGHBOURS) -> float:
+    n = sa.shape[0]
     k = min(k, n - 1)
     if k < 1:
         return float("nan")
 
-    def knn(x: np.ndarray) -> np.ndarray:
-        s = _similarity(x)
-        np.fill_diagonal(s, -np.inf)
+    def knn(s: np.ndarray) -> np.ndarray:
         s = np.nan_to_num(s, nan=-np.inf)
+        np.fill_diagonal(s, -np.inf)
         return np.argpartition(-s, k - 1, axis=1)[:, :k]
 
-    na, nb = knn(an), knn(bn)
+    na, nb = knn(sa), knn(sb)
     shared = (na[:, :, None] == nb[:, None, :]).any(axis=2).sum(axis=1)
     return float(shared.mean() / k)
 
@@ -107,6 +115,7 @@ class EmbeddingComparison:
         self.nonfinite = [0, 0]
         self.fine = np.zeros(HISTOGRAM_FINE_BINS, np.int64)
         self.max_error = 0.0
+        self.histogram_prompts = 0
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         if a.shape != b.shape or (self.dim and a.shape[1] != self.dim):
@@ -115,29 +124,34 @@ class EmbeddingComparison:
             self.dim = a.shape[1]
             self.sample = sample_indexes(self.n, self.dim)
         an, bn = normalise(a), normalise(b)
-        diff = an - bn
-        self.per["cos"].append(np.einsum("nd,nd->n", an, bn))
-        self.per["mse"].append(np.einsum("nd,nd->n", diff, diff) / a.shape[1])
-        errors = np.abs(diff, out=diff)
-        self.per["max_abs"].append(errors.max(axis=1))
-        bad_a, bad_b = int(np.count_nonzero(~np.isfinite(a))), int(np.count_nonzero(~np.isfinite(b)))
-        self.nonfinite[0] += bad_a
-        self.nonfinite[1] += bad_b
-        if bad_a or bad_b:
-            errors = errors[np.isfinite(errors)]
-        if errors.size:
-            self.max_error = max(self.max_error, float(errors.max()))
-            # |â - b̂| <= 2, so the bin of each error is a scaled truncation: bincount, not histogram.
-            bins = np.minimum((errors.ravel() * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.int64), HISTOGRAM_FINE_BINS - 1)
-            self.fine += np.bincount(bins, minlength=HISTOGRAM_FINE_BINS)
         local = self.sample[(self.sample >= self.offset) & (self.sample < self.offset + len(a))] - self.offset
         self.sampled_a.append(an[local].astype(np.float32))  # the similarity metrics work in float32
         self.sampled_b.append(bn[local].astype(np.float32))
         self.offset += len(a)
+        cos = np.einsum("nd,nd->n", an, bn)
+        diff = np.subtract(an, bn, out=an)  # in place: no second [n, D] array per chunk
+        self.per["cos"].append(cos)
+        self.per["mse"].append(np.einsum("nd,nd->n", diff, diff) / a.shape[1])
+        errors = np.abs(diff, out=diff)
+        self.per["max_abs"].append(errors.max(axis=1))
+        # A NaN or infinity anywhere in a row (or a zero row) makes its cosine NaN: only such rows
+        # need counting.
+        suspect = ~np.isfinite(cos)
+        if suspect.any():
+            self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a[suspect])))
+            self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b[suspect])))
+        sampled = errors[local]
+        sampled = sampled[np.isfinite(sampled)] if suspect[local].any() else sampled.ravel()
+        if sampled.size:
+            self.histogram_prompts += len(local)
+            self.max_error = max(self.max_error, float(sampled.max()))
+            # |â - b̂| <= 2, so the bin of each error is a scaled truncation: bincount, not histogram.
+            bins = np.minimum((sampled * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.intp), HISTOGRAM_FINE_BINS - 1)
+            self.fine += np.bincount(bins, minlength=HISTOGRAM_FINE_BINS)
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         per = {name: np.concatenate(parts) for name, parts in self.per.items()}
-        an, bn = np.concatenate(self.sampled_a), np.concatenate(self.sampled_b)
+        sa, sb = _similarity(np.concatenate(self.sampled_a)), _similarity(np.concatenate(self.sampled_b))
         cos = per["cos"]
         summary = {
             "cos_mean": float(cos.mean()),
@@ -146,22 +160,23 @@ class EmbeddingComparison:
             "max_abs_mean": float(per["max_abs"].mean()),
             "max_abs_max": float(per["max_abs"].max()),
             "error_rate": float((1.0 - cos.mean()) * 100.0),
-            "sim_pearson": sim_pearson(an, bn),
-            "neighbour_overlap": neighbour_overlap(an, bn),
-            "similarity_prompts": int(len(an)),
+            "sim_pearson": _similarity_pearson(sa, sb),
+            "neighbour_overlap": _neighbour_overlap(sa, sb),
+            "similarity_prompts": int(len(sa)),
             "nonfinite_a": self.nonfinite[0],
             "nonfinite_b": self.nonfinite[1],
         }
         return per, summary
 
     def histogram(self, bins: int = 30) -> dict[str, list]:
-        """The element errors in `bins` equal bins from 0 to the largest error seen."""
+        """The element errors of the sampled prompts (all of them up to SIMILARITY_SAMPLE) in `bins`
+        equal bins from 0 to the largest of those errors; `prompts` says how many were counted."""
         width = 2.0 / HISTOGRAM_FINE_BINS
         used = max(1, int(np.ceil(self.max_error / width)))
         group = int(np.ceil(used / bins))
         counts = [int(self.fine[i:i + group].sum()) for i in range(0, used, group)]
         edges = [i * width for i in range(0, used, group)] + [min(used, len(counts) * group) * width]
-        return {"edges": edges, "counts": counts}
+        return {"edges": edges, "counts": counts, "prompts": self.histogram_prompts}
 
 
 def embedding_metrics(a: np.ndarray, b: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
