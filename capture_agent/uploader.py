@@ -7,7 +7,7 @@ Each stream carries a few seconds of records; when it returns, everything in it 
 server commits every message before reading the next). If a stream fails with a retryable status
 (server restarting, connection dropped), the uploader waits (0.5 s, 1 s, 2 s, ... capped), asks the
 server which indexes of the run it holds, and sends the rest. Records not yet acknowledged are
-kept in a spool file, not in memory.
+kept in a spool: in memory up to 64 MB, then in a temporary file.
 """
 
 from __future__ import annotations
@@ -32,37 +32,56 @@ BACKOFF_MAX_S = 8.0
 
 
 class Spool:
-    """Records sent but not yet acknowledged, kept until the server has them."""
+    """Records sent but not yet acknowledged, kept until the server has them.
+
+    The first memory_bytes are kept as the blobs themselves (the producer made them; holding a
+    reference copies nothing), the rest in a temporary file: a few seconds of records rarely spill.
+    """
 
     def __init__(self, memory_bytes: int = 64 * 1024 * 1024):
-        # In memory up to memory_bytes, then on disk: a few seconds of records rarely spill.
-        self._file = tempfile.SpooledTemporaryFile(max_size=memory_bytes, prefix="cmp-spool-")
-        self._entries: list[tuple[int, int, int]] = []  # index, offset, length
+        self._memory_bytes = memory_bytes
+        self._held: list[tuple[int, bytes]] = []
+        self._held_bytes = 0
+        self._file = None
+        self._spilled: list[tuple[int, int, int]] = []  # index, offset, length
 
     def add(self, index: int, blob: bytes) -> None:
+        if self._held_bytes + len(blob) <= self._memory_bytes:
+            self._held.append((index, blob))
+            self._held_bytes += len(blob)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="cmp-spool-")
         self._file.seek(0, 2)
-        self._entries.append((index, self._file.tell(), len(blob)))
+        self._spilled.append((index, self._file.tell(), len(blob)))
         self._file.write(blob)
 
     def records(self, skip: set[int] = frozenset()) -> Iterator[tuple[int, bytes]]:
-        for index, offset, length in list(self._entries):
+        for index, blob in list(self._held):
+            if index not in skip:
+                yield index, blob
+        for index, offset, length in list(self._spilled):
             if index not in skip:
                 self._file.seek(offset)
                 yield index, self._file.read(length)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._file.seek(0)
-        self._file.truncate()
+        self._held.clear()
+        self._held_bytes = 0
+        self._spilled.clear()
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._held) + len(self._spilled)
 
     def indexes(self) -> set[int]:
-        return {index for index, _, _ in self._entries}
+        return {index for index, _ in self._held} | {index for index, _, _ in self._spilled}
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class Uploader:

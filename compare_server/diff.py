@@ -9,8 +9,6 @@ The report is a plain JSON-ready dict (what `cmp diff --format json` prints).
 from __future__ import annotations
 
 import math
-import queue
-import threading
 
 import numpy as np
 
@@ -20,6 +18,7 @@ from compare_server.metrics import METRICS_VERSION
 from compare_server.metrics.embeddings import EmbeddingComparison
 from compare_server.metrics.gates import GateError, evaluate_gates
 from compare_server.metrics.logprobs import LogprobComparison
+from compare_server.prefetch import Prefetched
 from proto.codec import RecordError, decode, decode_stacked, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
@@ -89,62 +88,6 @@ def record_chunks(store, a: Run, b: Run):
     finally:  # release both database cursors now, not whenever the generators are collected
         parts_a.close()
         parts_b.close()
-
-
-class Prefetched:
-    """Iterates what the generator `items` yields, produced up to `depth` ahead by a worker thread
-    that starts at once.
-
-    The database driver and numpy release the GIL, so the next chunk is read and decoded while the
-    metrics run on this one. close() (or leaving the `with` block) stops the worker and closes
-    `items` in it, so no cursor outlives the diff.
-    """
-
-    _DONE = object()
-
-    def __init__(self, items, depth: int = 2):
-        self._items = items
-        self._slots: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._produce, name="cmp-prefetch", daemon=True)
-        self._worker.start()
-
-    def _produce(self) -> None:
-        try:
-            for item in self._items:
-                self._slots.put((item, None))
-                if self._stop.is_set():
-                    break
-            self._slots.put((self._DONE, None))
-        except BaseException as e:  # handed to the consumer and raised there
-            self._slots.put((self._DONE, e))
-        finally:
-            self._items.close()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item, error = self._slots.get()
-        if error is not None:
-            raise error
-        if item is self._DONE:
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._worker.is_alive():  # unblock a worker waiting for a free slot
-            try:
-                self._slots.get(timeout=0.05)
-            except queue.Empty:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _json_number(x):

@@ -1,15 +1,16 @@
-"""Ingest: check each uploaded record against its run's kind, then store a message's records at once."""
+"""Ingest: check each uploaded record against its run's kind and hash it, ready for the store to
+insert a message's records at once."""
 
 from __future__ import annotations
 
 from compare_server.errors import InvalidInput
-from proto.codec import RecordError, decode, validate
+from proto.codec import RecordError, check
 from proto.digests import record_sha256
 
 
-def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: dict[str, str],
-                 max_run_bytes: int = 0) -> tuple[int, int]:
-    """Validates and stores one message's (index, blob) records; returns (stored, run total).
+def prepare_batch(store, run_id: str, records, kinds: dict[str, str]) -> tuple[str, list[tuple[int, bytes, str]]]:
+    """Validates one message's (index, blob) records; returns (run_id, [(index, blob, sha256)]) for
+    store.add_records.
 
     `kinds` caches each run's record kind across the messages of one stream. Any bad record
     refuses the whole message, so nothing partial is stored.
@@ -20,11 +21,11 @@ def ingest_batch(store, run_id: str, records: list[tuple[int, bytes]], kinds: di
         kinds[run_id] = store.get_run(run_id).kind
     kind = kinds[run_id]
     rows = []
-    for index, blob in records:
+    for record in records:
+        index, blob = record.index, record.blob
         try:
-            validate(decode(blob), kind)  # views into the blob: nothing is copied
+            check(blob, kind)  # one header check per distinct header: nothing is decoded or copied
         except RecordError as e:
             raise InvalidInput(f"run {run_id} record {index}: {e}") from None
         rows.append((index, blob, record_sha256(blob)))
-    total = store.add_records(run_id, rows, max_run_bytes=max_run_bytes)
-    return len(rows), total
+    return run_id, rows

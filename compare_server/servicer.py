@@ -12,12 +12,13 @@ from compare_server import errors
 from compare_server.diff import diff_runs
 from compare_server.entities import Run
 from compare_server.history import model_history, run_matrix
-from compare_server.ingest import ingest_batch
+from compare_server.ingest import prepare_batch
+from compare_server.prefetch import Prefetched
 from compare_server.runs import find_runs, run_filter
 from compare_server.store.store import StoreError
 from proto import cmp_pb2 as pb
 from proto import cmp_pb2_grpc
-from proto.digests import prompt_digest
+from proto.digests import canonical_digest, canonical_prompts
 from proto.messages import fingerprint_from_pb, fingerprint_to_pb, perf_from_pb, perf_to_pb
 
 log = logging.getLogger("cmp.server")
@@ -65,14 +66,16 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
             ps = request.prompt_set
             if not ps.prompts:
                 raise errors.InvalidInput("the prompt set is empty")
-            if prompt_digest((p.id, p.text) for p in ps.prompts) != ps.digest:
+            prompts = [{"id": p.id, "text": p.text} for p in ps.prompts]
+            canonical = canonical_prompts(prompts)
+            if canonical_digest(canonical) != ps.digest:
                 raise errors.InvalidInput(f"prompt set {ps.name!r}: digest does not match its prompts")
             fingerprint, options = fingerprint_from_pb(request.fingerprint)
             if fingerprint["mode"] not in ("embed", "greedy", "forced"):
                 raise errors.InvalidInput(f"unknown mode {fingerprint['mode']!r}: expected embed, greedy or forced")
             run_id, existing = self.store.open_run(
-                fingerprint, options, ps.name, ps.digest, [{"id": p.id, "text": p.text} for p in ps.prompts],
-                client_key=request.client_key,
+                fingerprint, options, ps.name, ps.digest, prompts, client_key=request.client_key,
+                prompts_json=canonical,
             )
             if existing:
                 run = self.store.get_run(run_id)
@@ -96,10 +99,12 @@ class CompareServicer(cmp_pb2_grpc.CompareServicer):
     def UploadRecords(self, request_iterator, context):
         with _statuses(context):
             stored, total, kinds = 0, 0, {}
-            for batch in request_iterator:
-                n, total = ingest_batch(self.store, batch.run_id, [(r.index, r.blob) for r in batch.records], kinds,
-                                        max_run_bytes=self.max_run_bytes)
-                stored += n
+            # The next message is received, checked and hashed while this one is committed.
+            prepared = (prepare_batch(self.store, batch.run_id, batch.records, kinds) for batch in request_iterator)
+            with Prefetched(prepared, join=False) as batches:
+                for run_id, rows in batches:
+                    total = self.store.add_records(run_id, rows, max_run_bytes=self.max_run_bytes)
+                    stored += len(rows)
             return pb.UploadSummary(stored=stored, total=total)
 
     def GetRecords(self, request, context):

@@ -137,6 +137,29 @@ def validate(arrays: dict[str, np.ndarray], kind: str) -> None:
 
 
 
+@functools.lru_cache(maxsize=4096)
+def _checked_span(header: bytes, kind: str) -> int:
+    """Validates a header's tensors against `kind` once per distinct header; returns the bytes of
+    data they span. Zero-memory stand-ins carry the shapes, so a 1 MB tensor costs nothing here."""
+    layout = _layout(header)
+    validate({name: np.broadcast_to(np.zeros((), dtype), shape) for name, dtype, shape, _, _ in layout}, kind)
+    return max((end for *_, end in layout), default=0)
+
+
+def check(blob: bytes | memoryview, kind: str) -> None:
+    """What validate(decode(blob), kind) checks, without building arrays: ingest's fast path.
+
+    A run's records mostly share a header, so this is a length check and a cache hit per record.
+    Raises RecordError with decode's or validate's message.
+    """
+    size = len(blob)
+    if size >= 8:
+        (header_len,) = struct.unpack_from("<Q", blob, 0)
+        if header_len <= min(_MAX_HEADER, size - 8) and 8 + header_len + _checked_span(bytes(blob[8:8 + header_len]), kind) <= size:
+            return
+    validate(decode(blob), kind)  # the full check: raises the precise error
+
+
 def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | None:
     """Records that share one header, decoded together into read-only arrays with a leading record
     axis ([n, *shape]): one validation, one join and one strided view per tensor instead of n

@@ -9,12 +9,16 @@ from collections.abc import Iterable
 
 def prompt_digest(prompts: Iterable[tuple[str, str]]) -> str:
     """sha256 of the canonical JSON of (id, text) pairs: equal digests mean identical prompts."""
-    canonical = json.dumps(
-        [{"id": pid, "text": text} for pid, text in prompts],
-        ensure_ascii=False,
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    return canonical_digest(canonical_prompts([{"id": pid, "text": text} for pid, text in prompts]))
+
+
+def canonical_prompts(prompts: list[dict[str, str]]) -> str:
+    """The canonical JSON of a prompt set's {"id", "text"} objects: what its digest hashes, and
+    what the server stores (one encoding serves both)."""
+    return json.dumps(prompts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from proto.codec import RecordError, decode, encode, validate
+from proto.codec import RecordError, check, decode, encode, validate
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int64, np.int32])
@@ -53,12 +53,17 @@ def test_valid_records_of_both_kinds_pass_validation():
 def test_corrupt_blobs_are_refused_with_the_reason(blob, message):
     with pytest.raises(RecordError, match=message):
         decode(blob)
+    with pytest.raises(RecordError, match=message):
+        check(blob, "embed")
 
 
-def test_a_truncated_blob_is_refused():
+def test_a_truncated_blob_is_refused_even_after_its_header_was_seen_whole():
     blob = encode({"embedding": np.ones(64, np.float32)})
+    check(blob, "embed")
     with pytest.raises(RecordError, match="data offsets"):
         decode(blob[:-10])
+    with pytest.raises(RecordError, match="data offsets"):
+        check(blob[:-10], "embed")
 
 
 def test_offsets_that_disagree_with_the_shape_are_refused():
@@ -82,6 +87,9 @@ def test_offsets_that_disagree_with_the_shape_are_refused():
 def test_records_that_do_not_fit_their_kind_are_refused(arrays, kind, message):
     with pytest.raises(RecordError, match=message):
         validate(decode(encode(arrays)), kind)
+    for _ in range(2):  # ingest's fast check gives the same refusal, every time
+        with pytest.raises(RecordError, match=message):
+            check(encode(arrays), kind)
 
 
 def test_records_sharing_a_header_decode_stacked_exactly_as_one_by_one():

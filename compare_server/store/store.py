@@ -42,6 +42,10 @@ def _now() -> datetime:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
+    # Takes effect only when the file is created. Records are 3 KB to 256 KB blobs: on 4 KB pages
+    # a 3 KB record fills a page alone and a large one chains overflow pages; 16 KB pages store
+    # the bench's 10,000 x 3 KB run 1.6x faster.
+    cur.execute("PRAGMA page_size=16384")
     # WAL lets queries read while an agent writes; NORMAL sync in WAL mode survives a killed
     # process (only a power cut can lose the last transactions).
     cur.execute("PRAGMA journal_mode=WAL")
@@ -104,10 +108,12 @@ class Store:
     # -- runs ---------------------------------------------------------------------------------
 
     def open_run(self, fingerprint: dict[str, str], options: dict[str, str], prompt_set_name: str,
-                 prompt_set_digest: str, prompts: list[dict[str, str]], client_key: str = "") -> tuple[str, bool]:
+                 prompt_set_digest: str, prompts: list[dict[str, str]], client_key: str = "",
+                 prompts_json: str | None = None) -> tuple[str, bool]:
         """Stores a new open run (and its prompt set, once per digest); returns (run id, False).
 
         With a client_key that a stored run already has, returns (that run's id, True) instead.
+        prompts_json, when the caller has it, is the prompts' JSON (saves encoding 10,000 prompts twice).
         """
         run_id = uuid.uuid4().hex[:12]
         with self.session() as s:
@@ -118,7 +124,7 @@ class Store:
             if s.get(PromptSetRow, prompt_set_digest) is None:
                 s.add(PromptSetRow(
                     digest=prompt_set_digest,
-                    prompts_json=json.dumps(prompts, ensure_ascii=False),
+                    prompts_json=prompts_json or json.dumps(prompts, ensure_ascii=False),
                     prompt_count=len(prompts),
                 ))
             s.add(RunRow(
