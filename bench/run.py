@@ -62,9 +62,12 @@ def logprob_records(n: int, t: int, k: int, seed: int = 0, noise: float = 0.0):
     for i in range(n):
         ids = base.integers(0, 50_000, size=(t, k)).astype(np.int64)
         lp = np.sort(-base.exponential(2.0, size=(t, k)), axis=1)[:, ::-1].astype(np.float32)
-        if noise:
+        tokens, token_lp = ids[:, 0].copy(), lp[:, 0].copy()
+        if noise:  # another device: slightly different logprobs, its top-k sorted by them as agents send it
             lp = (lp + rng.normal(scale=noise, size=lp.shape)).astype(np.float32)
-        yield i, encode({"token_ids": ids[:, 0].copy(), "token_logprobs": lp[:, 0].copy(),
+            order = np.argsort(-lp, axis=1, kind="stable")
+            ids, lp = np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1)
+        yield i, encode({"token_ids": tokens, "token_logprobs": token_lp,
                          "topk_ids": ids, "topk_logprobs": np.ascontiguousarray(lp)})
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compare_server.metrics.kernels import _kernels
+
 # The similarity-matrix metrics cost O(N² D) and the element histogram O(N D) on top of the
 # per-prompt metrics; past this many prompts both use an evenly spaced sample (512 prompts give
 # 130,816 similarity pairs), so a 10,000-prompt diff costs little more than reading it. The
@@ -33,6 +35,24 @@ def normalise(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         x /= np.sqrt(np.einsum("nd,nd->n", x, x))[:, None]
     return x
+
+
+def row_metrics(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cos, mse, max_abs) of each row pair: the compiled kernel for float32 records, else numpy."""
+    if _kernels is not None and a.dtype == b.dtype == np.float32 and a.ndim == 2:
+        cos, mse, max_abs = np.empty(len(a)), np.empty(len(a)), np.empty(len(a))
+        _kernels.embed_rows(a, b, cos, mse, max_abs)
+        return cos, mse, max_abs
+    return row_metrics_numpy(a, b)
+
+
+def row_metrics_numpy(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference for the kernel: the definitions, written out in numpy."""
+    an, bn = normalise(a), normalise(b)
+    cos = np.einsum("nd,nd->n", an, bn)
+    diff = np.subtract(an, bn, out=an)
+    mse = np.einsum("nd,nd->n", diff, diff) / a.shape[1]
+    return cos, mse, np.abs(diff, out=diff).max(axis=1)
 
 
 def sim_pearson(an: np.ndarray, bn: np.ndarray) -> float:
@@ -123,30 +143,28 @@ class EmbeddingComparison:
         if self.sample is None:
             self.dim = a.shape[1]
             self.sample = sample_indexes(self.n, self.dim)
-        an, bn = normalise(a), normalise(b)
         local = self.sample[(self.sample >= self.offset) & (self.sample < self.offset + len(a))] - self.offset
-        self.sampled_a.append(an[local].astype(np.float32))  # the similarity metrics work in float32
-        self.sampled_b.append(bn[local].astype(np.float32))
+        sampled_a, sampled_b = normalise(a[local]), normalise(b[local])
+        self.sampled_a.append(sampled_a.astype(np.float32))  # the similarity metrics work in float32
+        self.sampled_b.append(sampled_b.astype(np.float32))
         self.offset += len(a)
-        cos = np.einsum("nd,nd->n", an, bn)
-        diff = np.subtract(an, bn, out=an)  # in place: no second [n, D] array per chunk
+        cos, mse, max_abs = row_metrics(a, b)
         self.per["cos"].append(cos)
-        self.per["mse"].append(np.einsum("nd,nd->n", diff, diff) / a.shape[1])
-        errors = np.abs(diff, out=diff)
-        self.per["max_abs"].append(errors.max(axis=1))
+        self.per["mse"].append(mse)
+        self.per["max_abs"].append(max_abs)
         # A NaN or infinity anywhere in a row (or a zero row) makes its cosine NaN: only such rows
         # need counting.
         suspect = ~np.isfinite(cos)
         if suspect.any():
             self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a[suspect])))
             self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b[suspect])))
-        sampled = errors[local]
-        sampled = sampled[np.isfinite(sampled)] if suspect[local].any() else sampled.ravel()
-        if sampled.size:
+        errors = np.abs(sampled_a - sampled_b)
+        errors = errors[np.isfinite(errors)] if suspect[local].any() else errors.ravel()
+        if errors.size:
             self.histogram_prompts += len(local)
-            self.max_error = max(self.max_error, float(sampled.max()))
+            self.max_error = max(self.max_error, float(errors.max()))
             # |â - b̂| <= 2, so the bin of each error is a scaled truncation: bincount, not histogram.
-            bins = np.minimum((sampled * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.intp), HISTOGRAM_FINE_BINS - 1)
+            bins = np.minimum((errors * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.intp), HISTOGRAM_FINE_BINS - 1)
             self.fine += np.bincount(bins, minlength=HISTOGRAM_FINE_BINS)
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:

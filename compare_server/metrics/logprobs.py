@@ -14,12 +14,19 @@ what remains. With K equal to the vocabulary size this is exactly the full-distr
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from compare_server.metrics.kernels import _kernels
+
 # KL and relative error need a floor for probabilities a run gave (almost) nothing.
 EPS = 1e-12
+
+# Positions from which the kernel's work is split across two cores.
+KERNEL_SPLIT = 8192
 
 POSITION_METRICS = ("top1_match", "topk_overlap", "prob_cos", "kl", "js", "mae", "spearman", "rel_err")
 
@@ -30,7 +37,7 @@ class Positions:
 
     prompt: np.ndarray  # [P] int64
     ids_a: np.ndarray  # [P, K] int64, sorted by probability, most likely first
-    lp_a: np.ndarray  # [P, K] float64
+    lp_a: np.ndarray  # [P, K] float32, as records carry them
     ids_b: np.ndarray
     lp_b: np.ndarray
 
@@ -51,11 +58,31 @@ def compared_length(tokens_a: np.ndarray, tokens_b: np.ndarray, forced: bool) ->
     return n if div is None else div + 1
 
 
+def first_divergences(records_a: list[dict], records_b: list[dict]) -> np.ndarray:
+    """first_divergence of each record pair (-1 for none): one comparison per group of prompts
+    with the same common length, not one per prompt."""
+    common = [min(len(a["token_ids"]), len(b["token_ids"])) for a, b in zip(records_a, records_b)]
+    out = np.full(len(common), -1, np.int64)
+    for t in set(common) - {0}:
+        idx = np.flatnonzero(np.asarray(common) == t)
+        differ = np.stack([records_a[i]["token_ids"][:t] for i in idx]) != np.stack([records_b[i]["token_ids"][:t] for i in idx])
+        diverged = differ.any(axis=1)
+        out[idx[diverged]] = differ[diverged].argmax(axis=1)
+    return out
+
+
+def _nonfinite(records: list[dict]) -> int:
+    if not records:
+        return 0
+    values = np.concatenate([r["topk_logprobs"].ravel() for r in records])
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if (lp[:, :-1] >= lp[:, 1:]).all():  # agents send them sorted: no sort needed
-        return ids[:, :k], lp[:, :k].astype(np.float64)
+        return ids[:, :k], lp[:, :k]
     order = np.argsort(-lp, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1).astype(np.float64)
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1)
 
 
 def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int], k: int) -> Positions:
@@ -63,9 +90,12 @@ def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[
     prompt = np.repeat(np.arange(len(lengths)), lengths)
 
     def stacked(records):
-        parts = [_sorted_topk(r["topk_ids"][:n], r["topk_logprobs"][:n], k) for r, n in zip(records, lengths) if n]
-        if not parts:
-            return np.zeros((0, k), np.int64), np.zeros((0, k))
+        kept = [(r["topk_ids"][:n], r["topk_logprobs"][:n]) for r, n in zip(records, lengths) if n]
+        if not kept:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        if len({ids.shape[1] for ids, _ in kept}) == 1:  # the usual case: one sort check for all
+            return _sorted_topk(np.concatenate([i for i, _ in kept]), np.concatenate([lp for _, lp in kept]), k)
+        parts = [_sorted_topk(ids, lp, k) for ids, lp in kept]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     ids_a, lp_a = stacked(records_a)
@@ -110,10 +140,10 @@ def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def _ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Row-wise ranks (1-based, ties averaged) among the valid entries; O(M log M) per row.
 
-    Invalid entries sort after every probability, so they never share a valid entry's rank.
+    Invalid entries sort after every value, so they never share a valid entry's rank.
     """
     m = x.shape[1]
-    keyed = np.where(valid, x, 2.0)
+    keyed = np.where(valid, x, np.inf)
     order = np.argsort(keyed, axis=1, kind="stable")
     s = np.take_along_axis(keyed, order, 1)
     columns = np.broadcast_to(np.arange(m), s.shape)
@@ -157,23 +187,50 @@ def distribution_metrics(pa, pb, valid, tail_a, tail_b) -> dict[str, np.ndarray]
 
 
 def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
-    """Every POSITION_METRICS value at every stacked position."""
-    pa, pb, valid, tail_a, tail_b = union_distributions(pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b)
-    k = pos.ids_a.shape[1]
-    out = {
-        "top1_match": (pos.ids_a[:, 0] == pos.ids_b[:, 0]).astype(np.float64),
-        # Sb's columns are valid exactly where the id is not in Sa.
-        "topk_overlap": (k - valid[:, k:].sum(axis=1)) / k,
-    }
-    out.update(distribution_metrics(pa, pb, valid, tail_a, tail_b))
+    """Every POSITION_METRICS value at every stacked position: the compiled kernel, else numpy."""
+    if _kernels is None or not len(pos.prompt) or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
+        return position_metrics_numpy(pos)
+    arrays = [np.ascontiguousarray(x) for x in (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b)]
+    out = np.empty((len(pos.prompt), len(POSITION_METRICS)))
+    # The kernel releases the GIL: a large chunk is split between this thread and one more core.
+    half = len(out) // 2 if len(out) >= KERNEL_SPLIT and (os.cpu_count() or 1) > 1 else 0
+    helper = threading.Thread(target=_kernels.position_rows, args=(*(x[half:] for x in arrays), out[half:]))
+    if half:
+        helper.start()
+    _kernels.position_rows(*(x[:half or None] for x in arrays), out[:half or None])
+    if half:
+        helper.join()
+    return {name: out[:, i] for i, name in enumerate(POSITION_METRICS)}
+
+
+def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
+    """The reference for the kernel: the definitions, vectorised over positions in numpy."""
+    lp_a, lp_b = pos.lp_a.astype(np.float64), pos.lp_b.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities are handled below
+        pa, pb, valid, tail_a, tail_b = union_distributions(pos.ids_a, lp_a, pos.ids_b, lp_b)
+        k = pos.ids_a.shape[1]
+        out = {
+            "top1_match": (pos.ids_a[:, 0] == pos.ids_b[:, 0]).astype(np.float64),
+            # Sb's columns are valid exactly where the id is not in Sa.
+            "topk_overlap": (k - valid[:, k:].sum(axis=1)) / k,
+        }
+        out.update(distribution_metrics(pa, pb, valid, tail_a, tail_b))
+    # A NaN or +inf logprob is no probability: the position's distribution metrics are NaN
+    # (-inf is probability 0, and fine).
+    bad = (np.isnan(lp_a) | (lp_a == np.inf) | np.isnan(lp_b) | (lp_b == np.inf)).any(axis=1)
+    if bad.any():
+        for name in POSITION_METRICS[2:]:
+            out[name][bad] = np.nan
     return out
 
 
 def _per_prompt_mean(values: np.ndarray, prompt: np.ndarray, n_prompts: int) -> np.ndarray:
     """Mean of each prompt's finite values; NaN for a prompt with none."""
     finite = np.isfinite(values)
-    sums = np.bincount(prompt[finite], weights=values[finite], minlength=n_prompts)
-    counts = np.bincount(prompt[finite], minlength=n_prompts)
+    if not finite.all():
+        values, prompt = values[finite], prompt[finite]
+    sums = np.bincount(prompt, weights=values, minlength=n_prompts)
+    counts = np.bincount(prompt, minlength=n_prompts)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
@@ -211,14 +268,17 @@ class LogprobComparison:
         self.forced = forced
         self.per: dict[str, list] = {name: [] for name in (*POSITION_METRICS, "full_prob_cos_first", "full_kl_first")}
         self.lengths: list[int] = []
-        self.divergence: list[int | None] = []
+        self.divergence: list[int] = []  # -1: none
         self.widths: list[int] = []
         self.nonfinite = [0, 0]
-        self.detail_rows: list[tuple[int, int, float, float]] = []
+        self.detail_parts: list[tuple[np.ndarray, ...]] = []  # (prompt, position, kl, top1) columns
+        self.detail_count = 0
 
     def add(self, records_a: list[dict], records_b: list[dict]) -> None:
         offset, n = len(self.lengths), len(records_a)
-        lengths = [compared_length(a["token_ids"], b["token_ids"], self.forced) for a, b in zip(records_a, records_b)]
+        divergence = first_divergences(records_a, records_b)
+        common = np.array([min(len(a["token_ids"]), len(b["token_ids"])) for a, b in zip(records_a, records_b)], np.int64)
+        lengths = (common if self.forced else np.where(divergence >= 0, divergence + 1, common)).tolist()
         widths = [min(_width(a), _width(b)) if length else 0 for a, b, length in zip(records_a, records_b, lengths)]
         chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
         for k in sorted({w for w in widths if w}):
@@ -227,21 +287,22 @@ class LogprobComparison:
             values = position_metrics(pos)
             for name in POSITION_METRICS:
                 chunk[name][idx] = _per_prompt_mean(values[name], pos.prompt, len(idx))
-            room = self.DETAIL_LIMIT - len(self.detail_rows)
+            room = self.DETAIL_LIMIT - self.detail_count
             if room > 0:
                 starts = np.concatenate([[0], np.cumsum([lengths[i] for i in idx])[:-1]])
                 within = np.arange(len(pos.prompt)) - starts[pos.prompt]
-                self.detail_rows += [(offset + idx[p], int(t), float(kl), float(top1)) for p, t, kl, top1 in
-                                     zip(pos.prompt[:room], within[:room], values["kl"][:room], values["top1_match"][:room])]
+                self.detail_parts.append((offset + np.asarray(idx)[pos.prompt[:room]], within[:room],
+                                          values["kl"][:room].copy(), values["top1_match"][:room].copy()))
+                self.detail_count += len(self.detail_parts[-1][0])
         for name in POSITION_METRICS:
             self.per[name].extend(chunk[name].tolist())
-        for a, b in zip(records_a, records_b):
-            cos, kl = _full_first(a, b)
-            self.per["full_prob_cos_first"].append(cos)
-            self.per["full_kl_first"].append(kl)
-            self.divergence.append(first_divergence(a["token_ids"], b["token_ids"]))
-            self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a["topk_logprobs"])))
-            self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b["topk_logprobs"])))
+        full = [_full_first(a, b) for a, b in zip(records_a, records_b)] if any(
+            "full_logprobs" in r for r in records_a) else [(np.nan, np.nan)] * n
+        self.per["full_prob_cos_first"] += [cos for cos, _ in full]
+        self.per["full_kl_first"] += [kl for _, kl in full]
+        self.divergence += divergence.tolist()
+        self.nonfinite[0] += _nonfinite(records_a)
+        self.nonfinite[1] += _nonfinite(records_b)
         self.lengths += lengths
         self.widths += widths
 
@@ -252,7 +313,7 @@ class LogprobComparison:
         if not has_full:
             del per["full_prob_cos_first"], per["full_kl_first"]
         per["positions"] = np.asarray(self.lengths, dtype=np.int64)
-        per["first_divergence"] = np.asarray([-1 if d is None else d for d in self.divergence], dtype=np.int64)
+        per["first_divergence"] = np.asarray(self.divergence, dtype=np.int64)
         # A prompt with no compared position (a run that stopped at once) has NaN metrics and is
         # left out of the means; if no prompt has a position, the summary is NaN and gates fail.
         compared = per["positions"] > 0
@@ -262,7 +323,7 @@ class LogprobComparison:
         summary["prompts_compared"] = int(compared.sum())
         if has_full:
             summary.update({name: float(np.nanmean(per[name])) for name in ("full_prob_cos_first", "full_kl_first")})
-        diverged = [d for d in self.divergence if d is not None]
+        diverged = [d for d in self.divergence if d >= 0]
         summary["first_divergence"] = min(diverged) if diverged else None
         summary["diverged_prompts"] = len(diverged)
         summary["positions"] = int(sum(self.lengths))
@@ -272,9 +333,12 @@ class LogprobComparison:
 
     def detail(self) -> dict[str, list]:
         """KL and top-1 agreement at the compared positions (the first DETAIL_LIMIT), columnar."""
-        rows = sorted(self.detail_rows)
-        return {"prompt": [r[0] for r in rows], "position": [r[1] for r in rows],
-                "kl": [r[2] for r in rows], "top1_match": [r[3] for r in rows]}
+        if not self.detail_parts:
+            return {"prompt": [], "position": [], "kl": [], "top1_match": []}
+        prompt, position, kl, top1 = (np.concatenate(column) for column in zip(*self.detail_parts))
+        order = np.lexsort((position, prompt))
+        return {"prompt": prompt[order].tolist(), "position": position[order].tolist(),
+                "kl": kl[order].tolist(), "top1_match": top1[order].tolist()}
 
 
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):

@@ -1,0 +1,85 @@
+"""The compiled metric kernels give the numpy reference's values: on random data, on ties, on
+disjoint and identical top-k sets, and on NaN, infinities and zero rows. `make test` builds them,
+so a missing kernel is a failure here, not a silent fall back to numpy."""
+
+import numpy as np
+import pytest
+
+from compare_server.metrics.embeddings import row_metrics, row_metrics_numpy
+from compare_server.metrics.kernels import _kernels
+from compare_server.metrics.logprobs import POSITION_METRICS, Positions, position_metrics, position_metrics_numpy
+
+
+def test_the_kernels_were_built_by_the_install():
+    assert _kernels is not None, "compare_server/metrics/_kernels.c was not compiled: run `make install`"
+
+
+def _embedding_pair(rng, n=64, d=300):
+    a = rng.normal(size=(n, d)).astype(np.float32)
+    return a, (a + rng.normal(scale=3e-3, size=a.shape)).astype(np.float32)
+
+
+def test_embedding_rows_match_the_numpy_reference_including_nan_inf_and_zero_rows():
+    a, b = _embedding_pair(np.random.default_rng(0))
+    b[3, 7], b[4, 0], a[5] = np.nan, np.inf, 0.0
+    b[6] = a[6]  # identical rows: cos 1, errors 0
+    cos, mse, max_abs = row_metrics(a, b)
+    ref_cos, ref_mse, ref_max = row_metrics_numpy(a, b)
+    for got, want in ((cos, ref_cos), (mse, ref_mse), (max_abs, ref_max)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # NaN where the reference has NaN
+    assert np.isnan(cos[[3, 4, 5]]).all() and cos[6] == pytest.approx(1.0, abs=1e-15) and max_abs[6] == 0.0
+
+
+def test_embedding_rows_read_strided_views_of_record_bytes():
+    from proto.codec import decode_stacked, encode
+
+    a, b = _embedding_pair(np.random.default_rng(1), n=20)
+    va = decode_stacked([encode({"embedding": row}) for row in a], "embed")["embedding"]
+    vb = decode_stacked([encode({"embedding": row}) for row in b], "embed")["embedding"]
+    assert va.strides[0] != a.strides[0]  # each row sits after its record's header
+    for got, want in zip(row_metrics(va, vb), row_metrics_numpy(a, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def _topk(logprobs: np.ndarray, k: int):
+    order = np.argsort(-logprobs, axis=1, kind="stable")[:, :k]
+    return order.astype(np.int64), np.take_along_axis(logprobs, order, 1).astype(np.float32)
+
+
+def _positions(ids_a, lp_a, ids_b, lp_b) -> Positions:
+    return Positions(np.zeros(len(ids_a), np.int64), ids_a, lp_a, ids_b, lp_b)
+
+
+def _assert_same(pos: Positions):
+    got, want = position_metrics(pos), position_metrics_numpy(pos)
+    for name in POSITION_METRICS:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 20])
+def test_positions_match_the_numpy_reference_on_random_distributions(k):
+    rng = np.random.default_rng(k)
+    logits = rng.normal(scale=3.0, size=(500, 60))
+    la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    lb = la + rng.normal(scale=0.3, size=la.shape)  # top-k sets overlap partly
+    _assert_same(_positions(*_topk(la, k), *_topk(lb, k)))
+
+
+def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
+    rng = np.random.default_rng(9)
+    ids = np.arange(8, dtype=np.int64)[None].repeat(6, 0)
+    tied = np.full((6, 8), np.log(0.05), np.float32)  # every candidate equally likely
+    lp = np.sort(np.log(rng.dirichlet(np.ones(30), size=6)[:, :8]).astype(np.float32), axis=1)[:, ::-1].copy()
+    rows = [
+        (ids, tied, ids, tied),                            # identical and all tied
+        (ids, lp, ids, lp),                                # identical
+        (ids, lp, ids + 100, lp),                          # disjoint: every id filled in
+        (ids, lp, ids[:, ::-1].copy(), tied),              # same ids, other order, ties on one side
+    ]
+    bad = lp.copy()
+    bad[1, 3], bad[2, 0], bad[3, 7] = np.nan, np.inf, -np.inf  # -inf is probability 0, not bad
+    rows.append((ids, lp, ids, bad))
+    for row in rows:
+        _assert_same(_positions(*row))
+    got = position_metrics(_positions(ids, lp, ids, bad))
+    assert np.isnan(got["kl"][[1, 2]]).all() and np.isfinite(got["kl"][3]) and got["top1_match"][1] == 1.0
