@@ -23,6 +23,7 @@ METHOD = "/floor.Floor/Upload"
 
 def serve(db_path: str) -> None:
     con = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    con.execute("PRAGMA page_size=16384")  # as cmp's store creates its files
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     con.execute("CREATE TABLE IF NOT EXISTS records (run_id TEXT, idx INTEGER, blob BLOB, PRIMARY KEY (run_id, idx))")
@@ -60,7 +61,7 @@ def upload(address: str, run_id: str, records) -> int:
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         call = channel.stream_unary(METHOD, request_serializer=pb.RecordBatch.SerializeToString,
                                     response_deserializer=pb.UploadSummary.FromString)
-        return call(batch_records(records, run_id), timeout=600).stored
+        return call(batch_records(records, run_id, batch_bytes=1 << 20), timeout=600).stored
 
 
 if __name__ == "__main__":

@@ -82,8 +82,6 @@ class RecordRow(Base):
     """One prompt's outputs as safetensors bytes; (run, index) is unique, so a resent record is refused."""
 
     __tablename__ = "records"
-    # Covering: a run's digest is computed from the index alone, never touching the blobs' pages.
-    __table_args__ = (Index("ix_records_digest", "run_id", "idx", "sha256"),)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))

@@ -180,7 +180,9 @@ class Store:
         """
         with self.session() as s:
             run = self._open_run_row(s, run_id)
-            hashes = s.scalars(select(RecordRow.sha256).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)).all()
+            # Core rows, not the ORM's: 10,000 hashes are read for every close.
+            hashes = s.connection().execute(
+                select(RecordRow.sha256).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)).scalars().all()
             reason = ""
             if abort_reason:
                 reason = f"agent aborted: {abort_reason}"
