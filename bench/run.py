@@ -151,10 +151,11 @@ def agent(argv: list[str]) -> dict:
                 yield index, blob
 
         mode = "embed" if a.kind in ("embed", "memory") else "greedy"
+        prompts = prompt_set(n, a.kind)  # loading the prompt set is the agent's, not the upload's
         with Client(a.server) as client:
             started = time.perf_counter()
             run_id = client.open_run({"mode": mode, "model_name": f"bench-{a.kind}", "dtype": "float32",
-                                      "device": "cpu" if a.seed == 0 else "npu:0"}, {}, prompt_set(n, a.kind)).run_id
+                                      "device": "cpu" if a.seed == 0 else "npu:0"}, {}, prompts).run_id
             Uploader(client, run_id).upload(counted())
             status, reason = client.close_run(run_id, n, run_digest(hashes))
             seconds = time.perf_counter() - started

@@ -100,7 +100,7 @@ class CompareServer:
             raise ListenError(f"refusing to listen on {config.listen} with neither a token nor TLS: "
                               "pass --token-file and/or --tls-cert/--tls-key, or --insecure on a trusted network")
         self.config = config
-        self.store = Store(config.db_url)
+        self.store = Store(config.db_url, background_checkpoints=True)
         interceptors = [TokenInterceptor(config.token)] if config.token else []
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers),

@@ -163,3 +163,36 @@ def test_a_database_of_the_first_schema_with_runs_in_it_upgrades_without_losing_
     run = upgraded.get_run("r1")
     assert run.status == "complete" and run.fingerprint["cuda"] == ""
     upgraded.close()
+
+
+def test_a_run_uploaded_out_of_index_order_closes_with_its_digest_read_back(db_url):
+    store = Store(db_url)
+    run_id = _open(store)
+    recs = _records()
+    store.add_records(run_id, recs[2:])  # the last record first: the in-order running digest gives up
+    store.add_records(run_id, recs[:2])
+    assert store.close_run(run_id, 3, run_digest(sha for _, _, sha in recs)) == (RUN_COMPLETE, "")
+    other = _open(store)
+    store.add_records(other, recs[1:])
+    store.add_records(other, recs[:1])
+    status, reason = store.close_run(other, 3, run_digest(sha for _, _, sha in recs[::-1]))
+    assert status == RUN_FAILED and "digest mismatch" in reason
+    store.close()
+
+
+def test_a_server_store_checkpoints_its_write_ahead_log_in_the_background(tmp_path):
+    import time
+
+    big = [(i, encode({"embedding": np.full(100_000, i, np.float32)}), "") for i in range(3)]
+    big = [(i, blob, record_sha256(blob)) for i, blob, _ in big]  # 1.2 MB, far below SQLite's own 16 MB trigger
+    sizes = {}
+    for background in (False, True):
+        path = tmp_path / f"bg-{background}.db"
+        store = Store(f"sqlite:///{path}", background_checkpoints=background)
+        store.add_records(_open(store), big)
+        deadline = time.monotonic() + 5
+        while background and path.stat().st_size < 1_200_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sizes[background] = path.stat().st_size
+        store.close()
+    assert sizes[True] >= 1_200_000 > sizes[False]  # copied into the database file, not left in the log

@@ -11,8 +11,10 @@ refused request leaves nothing behind. Rows are turned into entities before they
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
 from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound, TooLarge
+from compare_server.store.checkpoint import Checkpointer
 from compare_server.store.models import FINGERPRINT_COLUMNS, PERF_FIELDS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import run_digest
@@ -55,13 +58,26 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.close()
 
 
-def _make_engine(url: str):
+def _no_autocheckpoint(dbapi_connection, _record) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
+
+
+def _sqlite_file(url: str) -> str | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.database
+    return None
+
+
+def _make_engine(url: str, background_checkpoints: bool = False):
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if _sqlite_file(url):
             pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if background_checkpoints:
+            event.listen(engine, "connect", _no_autocheckpoint)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -77,16 +93,24 @@ def upgrade_database(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str = DEFAULT_URL):
+    def __init__(self, url: str = DEFAULT_URL, background_checkpoints: bool = False):
+        """background_checkpoints: a long-running server's SQLite file is checkpointed by a thread
+        (store/checkpoint.py), not by the commits that upload records."""
         self.url = url
+        path = _sqlite_file(url) if background_checkpoints else None
         try:
-            self.engine = _make_engine(url)
+            self.engine = _make_engine(url, background_checkpoints=path is not None)
             ensure_schema(self.engine, url)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open database {url}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._checkpointer = Checkpointer(path) if path else None
+        self._digests: dict[str, tuple[int, object]] = {}  # run -> (records hashed in order, sha256)
+        self._digest_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.stop()
         self.engine.dispose()
 
     @contextmanager
@@ -165,13 +189,31 @@ class Store:
                     raise DuplicateRecord(
                         f"run {run_id}: record {stored} is already stored; each record is uploaded once") from None
             # Incremented in SQL, not from the loaded row, so concurrent streams cannot lose counts.
-            return s.execute(
+            total = s.execute(
                 update(RunRow).where(RunRow.id == run_id)
                 .values(record_count=RunRow.record_count + len(records), byte_count=RunRow.byte_count + size,
                         updated_at=_now())
                 .returning(RunRow.record_count)
                 .execution_options(synchronize_session=False)
             ).scalar_one()
+        self._extend_digest(run_id, records, total)
+        return total
+
+    def _extend_digest(self, run_id: str, records: list[tuple[int, bytes, str]], total: int) -> None:
+        """Hashes a committed batch into its run's digest while the run's records arrive in index
+        order (the usual upload), so closing it need not read every record back. Any other order,
+        or a run this process did not see from its first record, leaves the digest to close_run."""
+        with self._digest_lock:
+            expected, hasher = self._digests.get(run_id, (0, None))
+            in_order = expected >= 0 and total == expected + len(records) and all(
+                index == expected + k for k, (index, _, _) in enumerate(records))
+            if not in_order:
+                self._digests[run_id] = (-1, None)
+                return
+            hasher = hasher or hashlib.sha256()
+            for _, _, sha in records:
+                hasher.update(bytes.fromhex(sha))
+            self._digests[run_id] = (total, hasher)
 
     def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
         """Completes an open run if the agent's count and digest match what is stored, else fails it.
@@ -180,17 +222,22 @@ class Store:
         """
         with self.session() as s:
             run = self._open_run_row(s, run_id)
-            # Core rows, not the ORM's: 10,000 hashes are read for every close.
-            hashes = s.connection().execute(
-                select(RecordRow.sha256).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)).scalars().all()
+            with self._digest_lock:
+                hashed, hasher = self._digests.pop(run_id, (-1, None))
+            if hasher is not None and hashed == run.record_count:
+                stored, stored_digest = hashed, hasher.hexdigest()
+            else:  # read the hashes back (Core rows, not the ORM's: there may be millions)
+                hashes = s.connection().execute(
+                    select(RecordRow.sha256).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)).scalars().all()
+                stored, stored_digest = len(hashes), run_digest(hashes)
             reason = ""
             if abort_reason:
                 reason = f"agent aborted: {abort_reason}"
             elif record_count != run.prompt_count:
                 reason = f"agent sent {record_count} records for {run.prompt_count} prompts"
-            elif len(hashes) != record_count:
-                reason = f"agent reported {record_count} records, server stored {len(hashes)}"
-            elif run_digest(hashes) != digest:
+            elif stored != record_count:
+                reason = f"agent reported {record_count} records, server stored {stored}"
+            elif stored_digest != digest:
                 reason = "digest mismatch: the stored records differ from what the agent produced"
             run.status = RUN_FAILED if reason else RUN_COMPLETE
             run.status_reason = reason
