@@ -42,33 +42,18 @@ class Positions:
     lp_b: np.ndarray
 
 
-def first_divergence(tokens_a: np.ndarray, tokens_b: np.ndarray) -> int | None:
-    """Index of the first position where the two token sequences differ, or None."""
-    n = min(len(tokens_a), len(tokens_b))
-    diff = np.flatnonzero(tokens_a[:n] != tokens_b[:n])
-    return int(diff[0]) if diff.size else None
-
-
-def compared_length(tokens_a: np.ndarray, tokens_b: np.ndarray, forced: bool) -> int:
-    """How many leading positions both runs scored with the same prefix."""
-    n = min(len(tokens_a), len(tokens_b))
-    if forced:
-        return n
-    div = first_divergence(tokens_a, tokens_b)
-    return n if div is None else div + 1
-
-
-def first_divergences(records_a: list[dict], records_b: list[dict]) -> np.ndarray:
-    """first_divergence of each record pair (-1 for none): one comparison per group of prompts
-    with the same common length, not one per prompt."""
-    common = [min(len(a["token_ids"]), len(b["token_ids"])) for a, b in zip(records_a, records_b)]
-    out = np.full(len(common), -1, np.int64)
-    for t in set(common) - {0}:
-        idx = np.flatnonzero(np.asarray(common) == t)
+def alignment(records_a: list[dict], records_b: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(common, divergence) per prompt: how many positions both records have, and the first of
+    them where their tokens differ (-1 for none). One comparison per group of prompts with the
+    same common length, not one per prompt."""
+    common = np.array([min(len(a["token_ids"]), len(b["token_ids"])) for a, b in zip(records_a, records_b)], np.int64)
+    divergence = np.full(len(common), -1, np.int64)
+    for t in set(common.tolist()) - {0}:
+        idx = np.flatnonzero(common == t)
         differ = np.stack([records_a[i]["token_ids"][:t] for i in idx]) != np.stack([records_b[i]["token_ids"][:t] for i in idx])
         diverged = differ.any(axis=1)
-        out[idx[diverged]] = differ[diverged].argmax(axis=1)
-    return out
+        divergence[idx[diverged]] = differ[diverged].argmax(axis=1)
+    return common, divergence
 
 
 def _nonfinite(records: list[dict]) -> int:
@@ -192,13 +177,13 @@ def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
         return position_metrics_numpy(pos)
     arrays = [np.ascontiguousarray(x) for x in (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b)]
     out = np.empty((len(pos.prompt), len(POSITION_METRICS)))
-    # The kernel releases the GIL: a large chunk is split between this thread and one more core.
-    half = len(out) // 2 if len(out) >= KERNEL_SPLIT and (os.cpu_count() or 1) > 1 else 0
-    helper = threading.Thread(target=_kernels.position_rows, args=(*(x[half:] for x in arrays), out[half:]))
-    if half:
+    if len(out) < KERNEL_SPLIT or (os.cpu_count() or 1) < 2:
+        _kernels.position_rows(*arrays, out)
+    else:  # the kernel releases the GIL: a large chunk is split between this thread and one more core
+        half = len(out) // 2
+        helper = threading.Thread(target=_kernels.position_rows, args=(*(x[half:] for x in arrays), out[half:]))
         helper.start()
-    _kernels.position_rows(*(x[:half or None] for x in arrays), out[:half or None])
-    if half:
+        _kernels.position_rows(*(x[:half] for x in arrays), out[:half])
         helper.join()
     return {name: out[:, i] for i, name in enumerate(POSITION_METRICS)}
 
@@ -276,8 +261,8 @@ class LogprobComparison:
 
     def add(self, records_a: list[dict], records_b: list[dict]) -> None:
         offset, n = len(self.lengths), len(records_a)
-        divergence = first_divergences(records_a, records_b)
-        common = np.array([min(len(a["token_ids"]), len(b["token_ids"])) for a, b in zip(records_a, records_b)], np.int64)
+        common, divergence = alignment(records_a, records_b)
+        # Greedy: positions after the first divergence have different prefixes and are not compared.
         lengths = (common if self.forced else np.where(divergence >= 0, divergence + 1, common)).tolist()
         widths = [min(_width(a), _width(b)) if length else 0 for a, b, length in zip(records_a, records_b, lengths)]
         chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compare_server.entities import RUN_COMPLETE, RUN_FAILED, RUN_OPEN, Run, RunFilter, StoredRecord
 from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord, InvalidInput, NotFound, TooLarge
-from compare_server.store.checkpoint import Checkpointer
+from compare_server.store.checkpoint import LOG_PAGES, Checkpointer
 from compare_server.store.models import FINGERPRINT_COLUMNS, PERF_FIELDS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import run_digest
@@ -37,6 +37,10 @@ DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
 
 class StoreError(CmpError):
     """A database failure, with the database's own message."""
+
+
+def _store_error(e: SQLAlchemyError) -> StoreError:
+    return StoreError(f"database error: {e.__class__.__name__}: {getattr(e, 'orig', e)}")
 
 
 def _now() -> datetime:
@@ -58,8 +62,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.close()
 
 
-def _no_autocheckpoint(dbapi_connection, _record) -> None:
-    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
+def _background_checkpoints(dbapi_connection, _record) -> None:
+    # The Checkpointer thread copies the log; commits only do it past LOG_PAGES, as a bound.
+    dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={LOG_PAGES}")
 
 
 def _sqlite_file(url: str) -> str | None:
@@ -77,7 +82,7 @@ def _make_engine(url: str, background_checkpoints: bool = False):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         if background_checkpoints:
-            event.listen(engine, "connect", _no_autocheckpoint)
+            event.listen(engine, "connect", _background_checkpoints)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -122,7 +127,7 @@ class Store:
             session.commit()
         except SQLAlchemyError as e:
             session.rollback()
-            raise StoreError(f"database error: {e.__class__.__name__}: {getattr(e, 'orig', e)}") from e
+            raise _store_error(e) from e
         except BaseException:
             session.rollback()
             raise
@@ -301,7 +306,7 @@ class Store:
                 for rows in result.partitions(chunk):
                     yield [StoredRecord(i, sha, blob) for i, sha, blob in rows]
         except SQLAlchemyError as e:
-            raise StoreError(f"database error: {e.__class__.__name__}: {getattr(e, 'orig', e)}") from e
+            raise _store_error(e) from e
 
     def read_records(self, run_id: str) -> list[StoredRecord]:
         """All records of a run, in index order."""
