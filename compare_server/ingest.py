@@ -9,8 +9,8 @@ from proto.digests import record_sha256
 
 
 def prepare_batch(store, run_id: str, records, kinds: dict[str, str]) -> tuple[str, list[tuple[int, bytes, str]]]:
-    """Validates one message's (index, blob) records; returns (run_id, [(index, blob, sha256)]) for
-    store.add_records.
+    """Validates one message's records (anything with .index and .blob, such as pb.Record);
+    returns (run_id, [(index, blob, sha256)]) for store.add_records.
 
     `kinds` caches each run's record kind across the messages of one stream. Any bad record
     refuses the whole message, so nothing partial is stored.

@@ -177,7 +177,7 @@ def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | Non
     head = bytes(first[:8 + header_len])
     if any(len(b) != size or not b.startswith(head) for b in blobs):
         return None
-    validate(decode(first), kind)
+    check(first, kind)
     joined = b"".join(blobs)
     return {
         name: np.ndarray((len(blobs), *shape), dtype, joined, offset=len(head) + start,

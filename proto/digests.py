@@ -32,7 +32,14 @@ def run_digest(record_hashes: Iterable[str]) -> str:
 
     Agent and server compute it independently; CloseRun succeeds only when they agree.
     """
-    h = hashlib.sha256()
+    return extend_run_digest(hashlib.sha256(), record_hashes).hexdigest()
+
+
+def extend_run_digest(h, record_hashes: Iterable[str]):
+    """Feeds record hashes (hex strings, in index order) into a run digest's sha256 state; returns it.
+
+    The server keeps one such state per run whose records arrive in order (see Store.add_records).
+    """
     for hex_digest in record_hashes:
         h.update(bytes.fromhex(hex_digest))
-    return h.hexdigest()
+    return h

@@ -30,7 +30,7 @@ from compare_server.errors import Ambiguous, CmpError, Conflict, DuplicateRecord
 from compare_server.store.checkpoint import LOG_PAGES, Checkpointer
 from compare_server.store.models import FINGERPRINT_COLUMNS, PERF_FIELDS, DiffCacheRow, PerfRow, PromptSetRow, RecordRow, RunRow
 from compare_server.store.schema import ensure_schema, head_revision, upgrade
-from proto.digests import run_digest
+from proto.digests import extend_run_digest, run_digest
 
 DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
 
@@ -215,9 +215,7 @@ class Store:
             if not in_order:
                 self._digests[run_id] = (-1, None)
                 return
-            hasher = hasher or hashlib.sha256()
-            for _, _, sha in records:
-                hasher.update(bytes.fromhex(sha))
+            hasher = extend_run_digest(hasher or hashlib.sha256(), (sha for _, _, sha in records))
             self._digests[run_id] = (total, hasher)
 
     def close_run(self, run_id: str, record_count: int, digest: str, abort_reason: str = "") -> tuple[str, str]:
@@ -257,7 +255,10 @@ class Store:
             for run in stale:
                 run.status, run.completed_at = RUN_FAILED, _now()
                 run.status_reason = f"abandoned: no upload for {idle_seconds:.0f} s"
-            return [r.id for r in stale]
+        with self._digest_lock:  # a failed run is never closed: drop its running digest here
+            for run in stale:
+                self._digests.pop(run.id, None)
+        return [r.id for r in stale]
 
 
     def get_run(self, id_or_prefix: str) -> Run:
