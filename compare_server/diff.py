@@ -74,6 +74,16 @@ def _embeddings(run: Run, records) -> np.ndarray:
     return np.stack(embeddings)
 
 
+def _logprob_records(run: Run, records) -> list[dict] | dict[str, np.ndarray]:
+    """A chunk of records, stacked when they share a header (one shape: the usual case), else one
+    decoded record per prompt."""
+    try:
+        stacked = decode_stacked([rec.blob for rec in records], "logprobs")
+    except RecordError as e:
+        raise InvalidInput(f"run {run.id} record {records[0].index}: {e}") from None
+    return stacked if stacked is not None else _decode(run, records)
+
+
 def record_chunks(store, a: Run, b: Run):
     """Both runs' stored records, prompt-aligned, a chunk of prompts at a time (streamed).
 
@@ -124,7 +134,7 @@ def compute_diff(store, a: Run, b: Run) -> dict:
     notes: list[str] = []
     if a.record_count != b.record_count:
         raise CannotCompare(f"runs {a.id} and {b.id} hold {a.record_count} and {b.record_count} records")
-    decode_chunk = _embeddings if kind == "embed" else _decode
+    decode_chunk = _embeddings if kind == "embed" else _logprob_records
     decoded = ((decode_chunk(a, ra), decode_chunk(b, rb)) for ra, rb in record_chunks(store, a, b))
     with Prefetched(decoded) as chunks:
         prompts = store.get_prompts(a.prompt_set_digest)  # read while the first chunks stream in

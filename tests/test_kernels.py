@@ -47,7 +47,7 @@ def _topk(logprobs: np.ndarray, k: int):
 
 
 def _positions(ids_a, lp_a, ids_b, lp_b) -> Positions:
-    return Positions(np.zeros(len(ids_a), np.int64), ids_a, lp_a, ids_b, lp_b)
+    return Positions.of_rows(ids_a, lp_a, ids_b, lp_b)
 
 
 def _assert_same(pos: Positions):
@@ -75,6 +75,8 @@ def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
         (ids, lp, ids, lp),                                # identical
         (ids, lp, ids + 100, lp),                          # disjoint: every id filled in
         (ids, lp, ids[:, ::-1].copy(), tied),              # same ids, other order, ties on one side
+        (ids, lp, np.where(ids == 1, 0, ids), lp),         # an id listed twice (bad input)
+        (np.where(ids == 1, 0, ids), lp, ids + 3, lp),
     ]
     bad = lp.copy()
     bad[1, 3], bad[2, 0], bad[3, 7] = np.nan, np.inf, -np.inf  # -inf is probability 0, not bad
@@ -83,3 +85,31 @@ def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
         _assert_same(_positions(*row))
     got = position_metrics(_positions(ids, lp, ids, bad))
     assert np.isnan(got["kl"][[1, 2]]).all() and np.isfinite(got["kl"][3]) and got["top1_match"][1] == 1.0
+
+
+def test_positions_read_blocks_of_record_bytes_up_to_each_prompts_count():
+    """The diff hands the kernel a chunk's records as strided [n, T, K] views of their bytes, and
+    compares only each prompt's first counts[i] positions (greedy: up to the first divergence)."""
+    from proto.codec import decode_stacked, encode
+
+    rng = np.random.default_rng(5)
+    n, t, k = 40, 7, 5
+    logits = rng.normal(scale=3.0, size=(n * t, 30))
+    la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.3, size=la.shape), k)
+
+    def block(ids, lp):
+        records = [encode({"token_ids": ids[i * t:(i + 1) * t, 0], "token_logprobs": lp[i * t:(i + 1) * t, 0],
+                           "topk_ids": ids[i * t:(i + 1) * t], "topk_logprobs": lp[i * t:(i + 1) * t]}) for i in range(n)]
+        stacked = decode_stacked(records, "logprobs")
+        return stacked["topk_ids"], stacked["topk_logprobs"]
+
+    counts = rng.integers(0, t + 1, size=n)
+    pos = Positions(counts, *block(ids_a, lp_a), *block(ids_b, lp_b))
+    assert pos.ids_a.strides[0] != t * k * 8  # each record's rows sit after its header
+    got = position_metrics(pos)
+    kept = (np.arange(t) < counts[:, None]).ravel()
+    want = position_metrics_numpy(_positions(ids_a[kept], lp_a[kept], ids_b[kept], lp_b[kept]))
+    for name in POSITION_METRICS:
+        assert len(got[name]) == counts.sum()
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)

@@ -127,6 +127,39 @@ def test_results_do_not_depend_on_how_the_prompts_are_chunked(full_pair):
     assert sw == sp and whole.detail() == parts.detail()
 
 
+@pytest.mark.parametrize("forced", [False, True])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_records_stacked_as_the_store_holds_them_give_the_results_of_records_decoded_one_by_one(full_pair, forced, shuffled):
+    """The diff hands a chunk of records that share one header over as one strided block; greedy
+    divergences (at the first position, later, never) and top-k lists out of order must come out
+    as they do record by record."""
+    from compare_server.metrics.logprobs import LogprobComparison
+    from proto.codec import decode, decode_stacked, encode
+
+    la, lb = full_pair
+    rng = np.random.default_rng(8)
+    orders = [rng.permutation(5) for _ in range(9)]
+    recs_a, recs_b = [_record(la[o], 6) for o in orders], [_record(lb[o], 6) for o in orders]
+    recs_b[0]["token_ids"] = recs_b[0]["token_ids"] + 1  # diverges at once
+    recs_b[3]["token_ids"][2:] += 1  # diverges at the third position
+    if shuffled:  # one record's candidates not sorted by probability: the block path must not assume it
+        recs_b[4]["topk_ids"], recs_b[4]["topk_logprobs"] = recs_b[4]["topk_ids"][:, ::-1], recs_b[4]["topk_logprobs"][:, ::-1]
+    blobs_a, blobs_b = [encode(r) for r in recs_a], [encode(r) for r in recs_b]
+    block = LogprobComparison(forced)
+    block.add(decode_stacked(blobs_a, "logprobs"), decode_stacked(blobs_b, "logprobs"))
+    one_by_one = LogprobComparison(forced)
+    one_by_one.add([decode(b) for b in blobs_a], [decode(b) for b in blobs_b])
+    (pb, sb), (po, so) = block.result(), one_by_one.result()
+    assert pb.keys() == po.keys() and sb.keys() == so.keys()
+    for name in po:
+        np.testing.assert_allclose(pb[name], po[name], rtol=1e-12, err_msg=name)
+    assert sb == pytest.approx(so, rel=1e-12, nan_ok=True)
+    detail_b, detail_o = block.detail(), one_by_one.detail()
+    assert detail_b["prompt"] == detail_o["prompt"] and detail_b["position"] == detail_o["position"]
+    np.testing.assert_allclose(detail_b["kl"], detail_o["kl"], rtol=1e-12)
+    assert po["positions"][:4].tolist() == ([5, 5, 5, 5] if forced else [1, 5, 5, 3])
+
+
 def test_spearman_ranks_ties_as_scipy_does():
     from scipy.stats import rankdata
 

@@ -88,7 +88,7 @@ fail:
 
 /* Ascending ranks (1-based, ties averaged) of x[0..m-1], written to r; order is scratch. */
 static void ranks(const double *x, int m, double *r, int *order) {
-    for (int i = 0; i < m; i++) { /* insertion sort, descending: the top-k part arrives sorted */
+    for (int i = 0; i < m; i++) { /* insertion sort, descending */
         int k = i;
         while (k > 0 && x[order[k - 1]] < x[i]) {
             order[k] = order[k - 1];
@@ -107,18 +107,27 @@ static void ranks(const double *x, int m, double *r, int *order) {
     }
 }
 
-static double pearson(const double *x, const double *y, int m) {
-    double mx = 0, my = 0, sxy = 0, sxx = 0, syy = 0;
-    for (int i = 0; i < m; i++) {
-        mx += x[i];
-        my += y[i];
+/* ranks() of a sequence already in descending order: no sort. */
+static void sorted_ranks(const double *x, int m, double *r) {
+    for (int s = 0; s < m;) {
+        int e = s;
+        while (e + 1 < m && x[e + 1] == x[s])
+            e++;
+        double rank = m - (s + e) / 2.0;
+        for (int k = s; k <= e; k++)
+            r[k] = rank;
+        s = e + 1;
     }
-    mx /= m;
-    my /= m;
+}
+
+/* Pearson r of two rank vectors: ties averaged keep their sum m(m+1)/2, so both means are (m+1)/2. */
+static double rank_pearson(const double *x, const double *y, int m) {
+    double mean = (m + 1) / 2.0, sxy = 0, sxx = 0, syy = 0;
     for (int i = 0; i < m; i++) {
-        sxy += (x[i] - mx) * (y[i] - my);
-        sxx += (x[i] - mx) * (x[i] - mx);
-        syy += (y[i] - my) * (y[i] - my);
+        double dx = x[i] - mean, dy = y[i] - mean;
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
     }
     double denom = sqrt(sxx * syy);
     return denom > 0 ? sxy / denom : NAN;
@@ -134,17 +143,19 @@ static double fill(const double *top, int k, int missing) {
 }
 
 /* One position: logprobs.position_metrics for a single row. out[8] follows POSITION_METRICS:
- * top1_match, topk_overlap, prob_cos, kl, js, mae, spearman, rel_err. Scratch holds 14k doubles
+ * top1_match, topk_overlap, prob_cos, kl, js, mae, spearman, rel_err. Scratch holds 18k doubles
  * and 4k ints. */
 static void position(const long long *ida, const float *la, const long long *idb, const float *lb, int k,
                      double *out, double *scratch, int *iscratch) {
     double *ta = scratch, *tb = ta + k, *pa = tb + k, *pb = pa + 2 * k, *lpa = pb + 2 * k, *lpb = lpa + 2 * k;
-    double *rka = lpb + 2 * k, *rkb = rka + 2 * k;
+    double *rka = lpb + 2 * k, *rkb = rka + 2 * k, *seq = rkb + 2 * k, *seq_rank = seq + 2 * k;
     int *match = iscratch, *b_in_a = match + k, *order = b_in_a + k;
-    int bad = 0, missing_a = 0, missing_b = 0;
+    int bad = 0, descending = 1, distinct = 1, missing_a = 0, missing_b = 0;
     for (int i = 0; i < k; i++) {
         if (isnan(la[i]) || isnan(lb[i]) || la[i] == INFINITY || lb[i] == INFINITY)
             bad = 1;
+        if (i && (la[i] > la[i - 1] || lb[i] > lb[i - 1]))
+            descending = 0;
         ta[i] = exp(la[i]);
         tb[i] = exp(lb[i]);
         b_in_a[i] = 0;
@@ -156,13 +167,22 @@ static void position(const long long *ida, const float *la, const long long *idb
                 match[i] = j;
                 break;
             }
-        if (match[i] >= 0)
+        if (match[i] >= 0) {
+            distinct &= !b_in_a[match[i]];
             b_in_a[match[i]] = 1;
-        else
+        } else
             missing_b++;
     }
     for (int j = 0; j < k; j++)
-        missing_a += !b_in_a[j];
+        if (!b_in_a[j]) { /* unmatched, unless Sb lists an id of Sa twice (bad input, as numpy reads it) */
+            for (int i = 0; i < k; i++)
+                if (idb[j] == ida[i]) {
+                    b_in_a[j] = 1;
+                    distinct = 0;
+                    break;
+                }
+            missing_a += !b_in_a[j];
+        }
     /* An id one run's top-k lacks gets min(its K-th probability, its left-over mass / missing). */
     double fa = fill(ta, k, missing_a), fb = fill(tb, k, missing_b);
     double log_fa = log(fa > EPS ? fa : EPS), log_fb = log(fb > EPS ? fb : EPS);
@@ -217,57 +237,83 @@ static void position(const long long *ida, const float *la, const long long *idb
         if (q > 0)
             js += 0.5 * q * (lq - lm);
     }
-    ranks(pa, m, rka, order);
-    ranks(pb, m, rkb, order);
+    if (descending && distinct) {
+        /* No sort needed. pa is descending as built: Sa's probabilities, then fills no larger than
+         * the K-th. pb holds Sb's probabilities plus as many fills, so its values in descending
+         * order are tb[0..k-1] then fb: rank that sequence and map each column to its entry. */
+        sorted_ranks(pa, m, rka);
+        for (int c = 0; c < m; c++)
+            seq[c] = c < k ? tb[c] : fb;
+        sorted_ranks(seq, m, seq_rank);
+        int c = 0;
+        for (int i = 0; i < k; i++, c++)
+            rkb[c] = seq_rank[match[i] >= 0 ? match[i] : k];
+        for (int j = 0; j < k; j++)
+            if (!b_in_a[j])
+                rkb[c++] = seq_rank[j];
+    } else { /* rows out of order (bad values) or an id listed twice */
+        ranks(pa, m, rka, order);
+        ranks(pb, m, rkb, order);
+    }
     out[0] = ida[0] == idb[0];
     out[1] = (double)(k - missing_a) / k;
     out[2] = dot / sqrt(aa * bb);
     out[3] = kl;
     out[4] = js;
     out[5] = ae / (m + 1);
-    out[6] = pearson(rka, rkb, m);
+    out[6] = rank_pearson(rka, rkb, m);
     out[7] = rel_n ? rel / rel_n : NAN;
     if (bad)
         for (int i = 2; i < 8; i++)
             out[i] = NAN;
 }
 
-/* position_rows(ids_a, lp_a, ids_b, lp_b, out): ids int64 [P, K], logprobs float32 [P, K] sorted
- * most likely first (as records carry them), all C-contiguous; out float64 [P, 8]. */
+static int is_int64(const Py_buffer *v) { /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
+    const char *f = v->format[0] == '<' || v->format[0] == '=' ? v->format + 1 : v->format;
+    return v->itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0);
+}
+
+/* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out): ids int64 and logprobs float32 [n, T, K],
+ * each row sorted most likely first (as records carry them), rows contiguous, any other strides
+ * (strided views of record bytes); counts int64 [n]: block i's compared positions are its first
+ * counts[i]; out float64 [sum(counts), 8], C-contiguous, filled block after block. */
 static PyObject *position_rows(PyObject *self, PyObject *args) {
-    PyObject *objs[5];
-    Py_buffer v[5];
-    static const char *names[5] = {"ids_a", "lp_a", "ids_b", "lp_b", "out"};
-    static const char *formats[5] = {"q", "f", "q", "f", "d"};
-    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4]))
+    PyObject *objs[6];
+    Py_buffer v[6];
+    static const char *names[6] = {"ids_a", "lp_a", "ids_b", "lp_b", "counts", "out"};
+    if (!PyArg_ParseTuple(args, "OOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5]))
         return NULL;
     int got = 0;
-    for (; got < 5; got++) {
-        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got == 4 ? PyBUF_WRITABLE : 0);
-        const char *format = formats[got];
+    for (; got < 6; got++) {
+        int flags = got < 4 ? PyBUF_RECORDS_RO : PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got == 5 ? PyBUF_WRITABLE : 0);
         if (PyObject_GetBuffer(objs[got], &v[got], flags) < 0)
             goto fail;
-        /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
-        const char *f = v[got].format;
-        int ok = v[got].ndim == 2 && (strcmp(f, format) == 0 || (format[0] == 'q' && strcmp(f, "l") == 0 && v[got].itemsize == 8));
+        int ints = got == 0 || got == 2 || got == 4, ndim = got < 4 ? 3 : got == 4 ? 1 : 2;
+        int ok = v[got].ndim == ndim && (ints ? is_int64(&v[got]) : strcmp(v[got].format, got == 5 ? "d" : "f") == 0);
         if (!ok) {
-            PyErr_Format(PyExc_TypeError, "%s: expected a 2-D '%s' array, got %d-D '%s'", names[got], format,
-                         v[got].ndim, f);
+            PyErr_Format(PyExc_TypeError, "%s: expected a %d-D %s array, got %d-D '%s'", names[got], ndim,
+                         ints ? "int64" : got == 5 ? "float64" : "float32", v[got].ndim, v[got].format);
             got++;
             goto fail;
         }
     }
-    Py_ssize_t p = v[0].shape[0], k = v[0].shape[1];
-    for (int i = 1; i < 4; i++)
-        if (v[i].shape[0] != p || v[i].shape[1] != k) {
-            PyErr_SetString(PyExc_ValueError, "position_rows: shapes differ");
+    Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2], total = 0;
+    const long long *counts = v[4].buf;
+    for (int i = 0; i < 4; i++)
+        if (v[i].shape[0] != n || v[i].shape[1] != t || v[i].shape[2] != k || v[i].strides[2] != v[i].itemsize) {
+            PyErr_SetString(PyExc_ValueError, "position_rows: inputs differ in shape or their rows are not contiguous");
             goto fail;
         }
-    if (v[4].shape[0] != p || v[4].shape[1] != 8 || k < 1 || k > 1 << 20) {
-        PyErr_SetString(PyExc_ValueError, "position_rows: out must be [P, 8] and K at least 1");
+    for (Py_ssize_t i = 0; i < n && v[4].shape[0] == n; i++) {
+        if (counts[i] < 0 || counts[i] > t)
+            break;
+        total += counts[i];
+    }
+    if (v[4].shape[0] != n || v[5].shape[0] != total || v[5].shape[1] != 8 || k < 1 || k > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "position_rows: counts must be [n] within 0..T, out [sum(counts), 8], K at least 1");
         goto fail;
     }
-    double *scratch = PyMem_RawMalloc(sizeof(double) * 14 * k);
+    double *scratch = PyMem_RawMalloc(sizeof(double) * 18 * k);
     int *iscratch = PyMem_RawMalloc(sizeof(int) * 4 * k);
     if (!scratch || !iscratch) {
         PyMem_RawFree(scratch);
@@ -275,16 +321,18 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto fail;
     }
-    const long long *ida = v[0].buf, *idb = v[2].buf;
-    const float *la = v[1].buf, *lb = v[3].buf;
-    double *out = v[4].buf;
+    double *out = v[5].buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < p; r++)
-        position(ida + r * k, la + r * k, idb + r * k, lb + r * k, (int)k, out + r * 8, scratch, iscratch);
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t r = 0; r < counts[i]; r++, out += 8) {
+#define ROW(x, type) ((const type *)((const char *)v[x].buf + i * v[x].strides[0] + r * v[x].strides[1]))
+            position(ROW(0, long long), ROW(1, float), ROW(2, long long), ROW(3, float), (int)k, out, scratch, iscratch);
+#undef ROW
+        }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     PyMem_RawFree(iscratch);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         PyBuffer_Release(&v[i]);
     Py_RETURN_NONE;
 fail:

@@ -33,13 +33,24 @@ POSITION_METRICS = ("top1_match", "topk_overlap", "prob_cos", "kl", "js", "mae",
 
 @dataclass
 class Positions:
-    """The compared positions of all prompts, stacked: row p belongs to prompt `prompt[p]`."""
+    """Compared positions in blocks: block i's are the first counts[i] rows of ids_a[i] (and of
+    lp_a[i], ids_b[i], lp_b[i]). Records of one shape are one block each, as the store holds them;
+    stack_positions makes one block per position."""
 
-    prompt: np.ndarray  # [P] int64
-    ids_a: np.ndarray  # [P, K] int64, sorted by probability, most likely first
-    lp_a: np.ndarray  # [P, K] float32, as records carry them
+    counts: np.ndarray  # [n] int64
+    ids_a: np.ndarray  # [n, T, K] int64, each row sorted by probability, most likely first
+    lp_a: np.ndarray  # [n, T, K] float32, as records carry them
     ids_b: np.ndarray
     lp_b: np.ndarray
+
+    @classmethod
+    def of_rows(cls, ids_a, lp_a, ids_b, lp_b) -> "Positions":
+        """Positions from [P, K] arrays, one block per row."""
+        return cls(np.ones(len(ids_a), np.int64), ids_a[:, None], lp_a[:, None], ids_b[:, None], lp_b[:, None])
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """x's compared rows, in order, as one [P, K] array."""
+        return x[np.arange(x.shape[1]) < self.counts[:, None]]
 
 
 def alignment(records_a: list[dict], records_b: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,20 +62,25 @@ def alignment(records_a: list[dict], records_b: list[dict]) -> tuple[np.ndarray,
     for t in set(common.tolist()) - {0}:
         idx = np.flatnonzero(common == t)
         differ = np.stack([records_a[i]["token_ids"][:t] for i in idx]) != np.stack([records_b[i]["token_ids"][:t] for i in idx])
-        diverged = differ.any(axis=1)
-        divergence[idx[diverged]] = differ[diverged].argmax(axis=1)
+        divergence[idx] = _first_difference(differ)
     return common, divergence
 
 
-def _nonfinite(records: list[dict]) -> int:
-    if not records:
-        return 0
-    values = np.concatenate([r["topk_logprobs"].ravel() for r in records])
+def _first_difference(differ: np.ndarray) -> np.ndarray:
+    """Per row of a [n, T] bool array, the first True column; -1 for none."""
+    return np.where(differ.any(axis=1), differ.argmax(axis=1), -1) if differ.shape[1] else np.full(len(differ), -1)
+
+
+def _nonfinite(values: np.ndarray) -> int:
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
+def _descending(lp: np.ndarray) -> bool:
+    return bool((lp[..., :-1] >= lp[..., 1:]).all())
+
+
 def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if (lp[:, :-1] >= lp[:, 1:]).all():  # agents send them sorted: no sort needed
+    if _descending(lp):  # agents send them sorted: no sort needed
         return ids[:, :k], lp[:, :k]
     order = np.argsort(-lp, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(ids, order, 1), np.take_along_axis(lp, order, 1)
@@ -72,7 +88,6 @@ def _sorted_topk(ids: np.ndarray, lp: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[int], k: int) -> Positions:
     """Stacks the first lengths[i] positions of every prompt, each cut to its k most likely ids."""
-    prompt = np.repeat(np.arange(len(lengths)), lengths)
 
     def stacked(records):
         kept = [(r["topk_ids"][:n], r["topk_logprobs"][:n]) for r, n in zip(records, lengths) if n]
@@ -83,9 +98,7 @@ def stack_positions(records_a: list[dict], records_b: list[dict], lengths: list[
         parts = [_sorted_topk(ids, lp, k) for ids, lp in kept]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    ids_a, lp_a = stacked(records_a)
-    ids_b, lp_b = stacked(records_b)
-    return Positions(prompt, ids_a, lp_a, ids_b, lp_b)
+    return Positions.of_rows(*stacked(records_a), *stacked(records_b))
 
 
 def union_distributions(ids_a, lp_a, ids_b, lp_b):
@@ -172,30 +185,40 @@ def distribution_metrics(pa, pb, valid, tail_a, tail_b) -> dict[str, np.ndarray]
 
 
 def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
-    """Every POSITION_METRICS value at every stacked position: the compiled kernel, else numpy."""
-    if _kernels is None or not len(pos.prompt) or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
+    """Every POSITION_METRICS value at every compared position, in order: the compiled kernel,
+    else numpy."""
+    ends = np.cumsum(pos.counts)
+    rows = int(ends[-1]) if len(ends) else 0
+    if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
         return position_metrics_numpy(pos)
-    arrays = [np.ascontiguousarray(x) for x in (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b)]
-    out = np.empty((len(pos.prompt), len(POSITION_METRICS)))
-    if len(out) < KERNEL_SPLIT or (os.cpu_count() or 1) < 2:
-        _kernels.position_rows(*arrays, out)
-    else:  # the kernel releases the GIL: a large chunk is split between this thread and one more core
-        half = len(out) // 2
-        helper = threading.Thread(target=_kernels.position_rows, args=(*(x[half:] for x in arrays), out[half:]))
+    out = np.empty((rows, len(POSITION_METRICS)))
+    arrays = (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts)
+
+    def compute(blocks: slice, rows: slice):
+        _kernels.position_rows(*(x[blocks] for x in arrays), out[rows])
+
+    # The kernel releases the GIL: a large chunk is split between this thread and one more core.
+    half = int(np.searchsorted(ends, rows // 2)) + 1  # blocks [0, half) hold about half the rows
+    if rows < KERNEL_SPLIT or (os.cpu_count() or 1) < 2 or half >= len(ends):
+        compute(slice(None), slice(None))
+    else:
+        middle = int(ends[half - 1])
+        helper = threading.Thread(target=compute, args=(slice(half, None), slice(middle, None)))
         helper.start()
-        _kernels.position_rows(*(x[:half] for x in arrays), out[:half])
+        compute(slice(0, half), slice(0, middle))
         helper.join()
     return {name: out[:, i] for i, name in enumerate(POSITION_METRICS)}
 
 
 def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
     """The reference for the kernel: the definitions, vectorised over positions in numpy."""
-    lp_a, lp_b = pos.lp_a.astype(np.float64), pos.lp_b.astype(np.float64)
+    ids_a, ids_b = pos.rows(pos.ids_a), pos.rows(pos.ids_b)
+    lp_a, lp_b = pos.rows(pos.lp_a).astype(np.float64), pos.rows(pos.lp_b).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities are handled below
-        pa, pb, valid, tail_a, tail_b = union_distributions(pos.ids_a, lp_a, pos.ids_b, lp_b)
-        k = pos.ids_a.shape[1]
+        pa, pb, valid, tail_a, tail_b = union_distributions(ids_a, lp_a, ids_b, lp_b)
+        k = ids_a.shape[1]
         out = {
-            "top1_match": (pos.ids_a[:, 0] == pos.ids_b[:, 0]).astype(np.float64),
+            "top1_match": (ids_a[:, 0] == ids_b[:, 0]).astype(np.float64),
             # Sb's columns are valid exactly where the id is not in Sa.
             "topk_overlap": (k - valid[:, k:].sum(axis=1)) / k,
         }
@@ -209,13 +232,20 @@ def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
     return out
 
 
-def _per_prompt_mean(values: np.ndarray, prompt: np.ndarray, n_prompts: int) -> np.ndarray:
-    """Mean of each prompt's finite values; NaN for a prompt with none."""
+def _per_prompt_mean(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mean of each prompt's finite values, where prompt i's are the lengths[i] after the previous
+    prompt's; NaN for a prompt with none."""
+    has = lengths > 0
+    if np.isfinite(values).all():  # the usual case: one pass of sums
+        means = np.full(len(lengths), np.nan)
+        if has.any():
+            means[has] = np.add.reduceat(values, (np.cumsum(lengths) - lengths)[has]) / lengths[has]
+        return means
+    prompt = np.repeat(np.arange(len(lengths)), lengths)
     finite = np.isfinite(values)
-    if not finite.all():
-        values, prompt = values[finite], prompt[finite]
-    sums = np.bincount(prompt, weights=values, minlength=n_prompts)
-    counts = np.bincount(prompt, minlength=n_prompts)
+    values, prompt = values[finite], prompt[finite]
+    sums = np.bincount(prompt, weights=values, minlength=len(lengths))
+    counts = np.bincount(prompt, minlength=len(lengths))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
@@ -229,6 +259,20 @@ def _full_first(a: dict, b: dict) -> tuple[float, float]:
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = (fa * fb).sum() / np.sqrt((fa * fa).sum() * (fb * fb).sum())
     return float(cos), float(_kl(fa, fb)[0])
+
+
+def _one_block(a, b) -> bool:
+    """Whether two chunks are records stacked in one and the same shape, sorted as agents send them."""
+    return (isinstance(a, dict) and isinstance(b, dict) and "full_logprobs" not in a and "full_logprobs" not in b
+            and a["topk_ids"].shape == b["topk_ids"].shape and a["topk_ids"].shape[2] > 0
+            and _descending(a["topk_logprobs"]) and _descending(b["topk_logprobs"]))
+
+
+def _records(chunk: list[dict] | dict) -> list[dict]:
+    """A chunk as a list of records: stacked records are split into per-record views."""
+    if not isinstance(chunk, dict):
+        return chunk
+    return [{name: values[i] for name, values in chunk.items()} for i in range(len(chunk["token_ids"]))]
 
 
 def _width(record: dict) -> int:
@@ -259,35 +303,65 @@ class LogprobComparison:
         self.detail_parts: list[tuple[np.ndarray, ...]] = []  # (prompt, position, kl, top1) columns
         self.detail_count = 0
 
-    def add(self, records_a: list[dict], records_b: list[dict]) -> None:
-        offset, n = len(self.lengths), len(records_a)
-        common, divergence = alignment(records_a, records_b)
+    def add(self, records_a: list[dict] | dict, records_b: list[dict] | dict) -> None:
+        """Adds the next prompts' records: lists of decoded records, or records of one shape
+        stacked as codec.decode_stacked gives them (the store's usual case, and much faster)."""
+        if _one_block(records_a, records_b):
+            self._add_block(records_a, records_b)
+        else:
+            self._add_records(_records(records_a), _records(records_b))
+
+    def _add_block(self, a: dict, b: dict) -> None:
+        n, t, k = a["topk_ids"].shape
+        divergence = _first_difference(a["token_ids"] != b["token_ids"])
         # Greedy: positions after the first divergence have different prefixes and are not compared.
+        lengths = np.full(n, t) if self.forced else np.where(divergence >= 0, divergence + 1, t)
+        chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
+        if lengths.any():
+            pos = Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"], b["topk_logprobs"])
+            self._measure(pos, np.arange(n), lengths, chunk)
+        self._append(chunk, divergence, lengths.tolist(), np.where(lengths > 0, k, 0).tolist(), None,
+                     _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"]))
+
+    def _add_records(self, records_a: list[dict], records_b: list[dict]) -> None:
+        n = len(records_a)
+        common, divergence = alignment(records_a, records_b)
         lengths = (common if self.forced else np.where(divergence >= 0, divergence + 1, common)).tolist()
         widths = [min(_width(a), _width(b)) if length else 0 for a, b, length in zip(records_a, records_b, lengths)]
         chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
-        for k in sorted({w for w in widths if w}):
-            idx = [i for i in range(n) if widths[i] == k]
+        for k in sorted({w for w in widths if w}):  # each prompt is compared on its common K
+            idx = np.array([i for i in range(n) if widths[i] == k])
             pos = stack_positions([records_a[i] for i in idx], [records_b[i] for i in idx], [lengths[i] for i in idx], k)
-            values = position_metrics(pos)
-            for name in POSITION_METRICS:
-                chunk[name][idx] = _per_prompt_mean(values[name], pos.prompt, len(idx))
-            room = self.DETAIL_LIMIT - self.detail_count
-            if room > 0:
-                starts = np.concatenate([[0], np.cumsum([lengths[i] for i in idx])[:-1]])
-                within = np.arange(len(pos.prompt)) - starts[pos.prompt]
-                self.detail_parts.append((offset + np.asarray(idx)[pos.prompt[:room]], within[:room],
-                                          values["kl"][:room].copy(), values["top1_match"][:room].copy()))
-                self.detail_count += len(self.detail_parts[-1][0])
+            self._measure(pos, idx, np.array([lengths[i] for i in idx]), chunk)
+        full = [_full_first(a, b) for a, b in zip(records_a, records_b)] if any(
+            "full_logprobs" in r for r in records_a) else None
+        self._append(chunk, divergence, lengths, widths, full,
+                     sum(_nonfinite(r["topk_logprobs"]) for r in records_a),
+                     sum(_nonfinite(r["topk_logprobs"]) for r in records_b))
+
+    def _measure(self, pos: Positions, prompts: np.ndarray, lengths: np.ndarray, chunk: dict) -> None:
+        """The metrics at pos's positions, which belong to `prompts` (indices in the chunk),
+        lengths[i] each: their per-prompt means go into chunk, the first positions into the detail."""
+        values = position_metrics(pos)
+        for name in POSITION_METRICS:
+            chunk[name][prompts] = _per_prompt_mean(values[name], lengths)
+        room = self.DETAIL_LIMIT - self.detail_count
+        if room > 0:
+            prompt = np.repeat(np.arange(len(lengths)), lengths)[:room]
+            within = np.arange(len(prompt)) - (np.cumsum(lengths) - lengths)[prompt]
+            self.detail_parts.append((len(self.lengths) + prompts[prompt], within,
+                                      values["kl"][:room].copy(), values["top1_match"][:room].copy()))
+            self.detail_count += len(prompt)
+
+    def _append(self, chunk, divergence, lengths, widths, full, nonfinite_a, nonfinite_b) -> None:
         for name in POSITION_METRICS:
             self.per[name].extend(chunk[name].tolist())
-        full = [_full_first(a, b) for a, b in zip(records_a, records_b)] if any(
-            "full_logprobs" in r for r in records_a) else [(np.nan, np.nan)] * n
+        full = full or [(np.nan, np.nan)] * len(lengths)
         self.per["full_prob_cos_first"] += [cos for cos, _ in full]
         self.per["full_kl_first"] += [kl for _, kl in full]
         self.divergence += divergence.tolist()
-        self.nonfinite[0] += _nonfinite(records_a)
-        self.nonfinite[1] += _nonfinite(records_b)
+        self.nonfinite[0] += nonfinite_a
+        self.nonfinite[1] += nonfinite_b
         self.lengths += lengths
         self.widths += widths
 
