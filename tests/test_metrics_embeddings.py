@@ -56,6 +56,14 @@ def test_neighbour_overlap_matches_a_brute_force_count(pair):
     assert neighbour_overlap(an, bn, k) == pytest.approx(expected)
 
 
+def test_neighbour_overlap_counts_k_neighbours_when_several_tie_for_the_kth(pair):
+    a, b = pair
+    twins = np.concatenate([np.repeat(a[:1], 6, axis=0), a[1:]])  # six identical prompts: their neighbours tie
+    an, bn = normalise(twins), normalise(np.concatenate([np.repeat(b[:1], 6, axis=0), b[1:]]))
+    assert neighbour_overlap(an, an, 3) == 1.0
+    assert 0.0 <= neighbour_overlap(an, bn, 3) <= 1.0
+
+
 def test_identical_embeddings_are_perfect_and_scaling_does_not_matter(pair):
     a, _ = pair
     _, s = embedding_metrics(a, a * 3.0)
