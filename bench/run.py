@@ -36,6 +36,7 @@ MB = 1024 * 1024
 FULL = {"embed_n": 10_000, "embed_dim": 768, "lp_n": 1_000, "lp_t": 64, "lp_k": 20, "capture_n": 256,
         "memory_mb": 1024, "memory_dim": 65_536, "history_runs": 1_000, "cli_repeats": 5}
 INGEST_ATTEMPTS = 3
+DIFF_ATTEMPTS = 7  # reads and diffs interleaved, the best of each: a diff takes ~0.1 s, noise ±20%
 SMOKE = {"embed_n": 300, "embed_dim": 768, "lp_n": 40, "lp_t": 64, "lp_k": 20, "capture_n": 16,
          "memory_mb": 8, "memory_dim": 65_536, "history_runs": 12, "cli_repeats": 2}
 
@@ -212,7 +213,7 @@ def bench_diff(tmp: pathlib.Path, sizes: dict) -> dict:
         store = Store(f"sqlite:///{db}")
         ra, rb = store.get_run(a), store.get_run(b)
         read_times, diff_times, nbytes = [], [], 0
-        for _ in range(3):
+        for _ in range(DIFF_ATTEMPTS):
             started = time.perf_counter()
             nbytes = 0
             for run in (a, b):
