@@ -19,7 +19,7 @@ from compare_server.metrics.embeddings import EmbeddingComparison
 from compare_server.metrics.gates import GateError, evaluate_gates
 from compare_server.metrics.logprobs import LogprobComparison
 from compare_server.prefetch import Prefetched
-from proto.codec import RecordError, decode, decode_stacked, validate
+from proto.codec import RecordError, decode, decode_many, decode_stacked, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
 # 0.999+); the nomic report's 0.886 was an implementation mismatch.
@@ -75,13 +75,14 @@ def _embeddings(run: Run, records) -> np.ndarray:
 
 
 def _logprob_records(run: Run, records) -> list[dict] | dict[str, np.ndarray]:
-    """A chunk of records, stacked when they share a header (one shape: the usual case), else one
-    decoded record per prompt."""
+    """A chunk of records, stacked when they share a header (records of one shape), else one
+    decoded record per prompt (greedy outputs of different lengths)."""
+    blobs = [rec.blob for rec in records]
     try:
-        stacked = decode_stacked([rec.blob for rec in records], "logprobs")
-    except RecordError as e:
-        raise InvalidInput(f"run {run.id} record {records[0].index}: {e}") from None
-    return stacked if stacked is not None else _decode(run, records)
+        stacked = decode_stacked(blobs, "logprobs")
+        return stacked if stacked is not None else decode_many(blobs, "logprobs")
+    except RecordError:
+        return _decode(run, records)  # one by one, to name the record that is wrong
 
 
 def record_chunks(store, a: Run, b: Run):

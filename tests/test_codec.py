@@ -111,3 +111,18 @@ def test_records_with_different_headers_are_not_stacked_and_a_wrong_kind_is_refu
     assert decode_stacked(two_sizes, "embed") is None
     with pytest.raises(RecordError, match="unexpected tensors"):
         decode_stacked([encode(_logprob_record())] * 2, "embed")
+
+
+def test_records_of_mixed_shapes_decode_together_exactly_as_one_by_one():
+    from proto.codec import decode_many
+
+    blobs = [encode(_logprob_record(t)) for t in (3, 5, 3, 0, 5, 3)]  # greedy outputs of different lengths
+    decoded = decode_many(blobs, "logprobs")
+    assert len(decoded) == len(blobs)
+    for got, blob in zip(decoded, blobs):
+        want = decode(blob)
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(RecordError, match="unexpected tensors"):
+        decode_many(blobs[:2] + [encode({"embedding": np.ones(4, np.float32)})], "logprobs")

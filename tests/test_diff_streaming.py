@@ -28,11 +28,12 @@ def db(tmp_path):
     store.close()
 
 
-def _run(store, embeddings, dtype="float32"):
-    fp = {"mode": "embed", "model_name": "m", "device": "cpu", "device_name": "cpu", "dtype": dtype,
+def _run(store, embeddings, dtype="float32", mode="embed"):
+    fp = {"mode": mode, "model_name": "m", "device": "cpu", "device_name": "cpu", "dtype": dtype,
           "backend": "hf", "label": ""}
     run_id, _ = store.open_run(fp, {}, "set", DIGEST, PROMPTS)
-    records = [(i, blob, record_sha256(blob)) for i, blob in enumerate(encode({"embedding": e}) for e in embeddings)]
+    arrays = ({"embedding": e} for e in embeddings) if mode == "embed" else embeddings
+    records = [(i, blob, record_sha256(blob)) for i, blob in enumerate(encode(r) for r in arrays)]
     store.add_records(run_id, records)
     assert store.close_run(run_id, len(records), run_digest(sha for _, _, sha in records))[0] == "complete"
     return run_id
@@ -71,6 +72,24 @@ def test_a_corrupt_stored_record_stops_the_diff_naming_the_run_and_record_and_re
     assert _no_prefetch_worker_left()
     with sqlite3.connect(path) as con:  # no reader left holding the WAL: a full checkpoint goes through
         assert con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+
+def test_a_corrupt_record_among_greedy_outputs_of_different_lengths_is_named(db):
+    store, path = db
+
+    def output(i, t):
+        return {"token_ids": np.arange(t, dtype=np.int64), "token_logprobs": np.full(t, -0.5, np.float32),
+                "topk_ids": np.arange(t * 3, dtype=np.int64).reshape(t, 3) + i,
+                "topk_logprobs": np.tile(np.log([0.5, 0.3, 0.1]), (t, 1)).astype(np.float32)}
+
+    outputs = [output(i, 4 + i % 3) for i in range(N)]  # every chunk mixes three shapes
+    run_a, run_b, run_c = (_run(store, outputs, mode="greedy") for _ in range(3))
+    assert diff_runs(store, run_a, run_c)["summary"]["kl"] == 0.0
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE records SET blob = ? WHERE run_id = ? AND idx = ?", (b"\x07" * 40, run_b, 5))
+    with pytest.raises(InvalidInput, match=f"run {run_b} record 5: safetensors header length"):
+        diff_runs(store, run_a, run_b)
+    assert _no_prefetch_worker_left()
 
 
 def test_embeddings_that_change_size_within_a_run_are_refused_naming_the_run(db):
