@@ -113,3 +113,22 @@ def test_positions_read_blocks_of_record_bytes_up_to_each_prompts_count():
     for name in POSITION_METRICS:
         assert len(got[name]) == counts.sum()
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_positions_split_over_several_cores_give_the_single_core_values():
+    """A large chunk is cut into parts at block boundaries, one core each; blocks with nothing to
+    compare and uneven blocks must not shift a row."""
+    rng = np.random.default_rng(11)
+    n, t, k = 800, 40, 6
+    logits = rng.normal(scale=3.0, size=(n * t, 25))
+    la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.3, size=la.shape), k)
+    counts = rng.integers(0, t + 1, size=n)
+    counts[:20] = 0
+    pos = Positions(counts, *(x.reshape(n, t, k) for x in (ids_a, lp_a, ids_b, lp_b)))
+    assert counts.sum() > 3 * 4096  # enough rows for several parts
+    one = position_metrics(pos, threads=1)
+    for threads in (2, 3, 5):
+        split = position_metrics(pos, threads=threads)
+        for name in POSITION_METRICS:
+            np.testing.assert_array_equal(split[name], one[name], err_msg=f"{name}, {threads} threads")

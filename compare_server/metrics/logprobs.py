@@ -25,8 +25,10 @@ from compare_server.metrics.kernels import _kernels
 # KL and relative error need a floor for probabilities a run gave (almost) nothing.
 EPS = 1e-12
 
-# Positions from which the kernel's work is split across two cores.
-KERNEL_SPLIT = 8192
+# The kernel's work is split across cores in parts of at least this many positions, on at most
+# KERNEL_THREADS cores.
+KERNEL_PART = 4096
+KERNEL_THREADS = 8
 
 POSITION_METRICS = ("top1_match", "topk_overlap", "prob_cos", "kl", "js", "mae", "spearman", "rel_err")
 
@@ -184,9 +186,10 @@ def distribution_metrics(pa, pb, valid, tail_a, tail_b) -> dict[str, np.ndarray]
     }
 
 
-def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
+def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np.ndarray]:
     """Every POSITION_METRICS value at every compared position, in order: the compiled kernel,
-    else numpy."""
+    else numpy. The kernel releases the GIL, so a large input is split over `threads` cores
+    (default: the machine's, up to KERNEL_THREADS)."""
     ends = np.cumsum(pos.counts)
     rows = int(ends[-1]) if len(ends) else 0
     if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
@@ -194,18 +197,18 @@ def position_metrics(pos: Positions) -> dict[str, np.ndarray]:
     out = np.empty((rows, len(POSITION_METRICS)))
     arrays = (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts)
 
-    def compute(blocks: slice, rows: slice):
-        _kernels.position_rows(*(x[blocks] for x in arrays), out[rows])
+    def compute(first: int, last: int):  # blocks [first, last)
+        start, stop = int(ends[first - 1]) if first else 0, int(ends[last - 1])
+        _kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop])
 
-    # The kernel releases the GIL: a large chunk is split between this thread and one more core.
-    half = int(np.searchsorted(ends, rows // 2)) + 1  # blocks [0, half) hold about half the rows
-    if rows < KERNEL_SPLIT or (os.cpu_count() or 1) < 2 or half >= len(ends):
-        compute(slice(None), slice(None))
-    else:
-        middle = int(ends[half - 1])
-        helper = threading.Thread(target=compute, args=(slice(half, None), slice(middle, None)))
+    threads = min(threads or os.cpu_count() or 1, KERNEL_THREADS, max(1, rows // KERNEL_PART))
+    # Block boundaries that cut the rows into about equal parts (a block is never split).
+    cuts = sorted({0, len(ends), *(int(np.searchsorted(ends, rows * p // threads)) + 1 for p in range(1, threads))})
+    helpers = [threading.Thread(target=compute, args=part) for part in zip(cuts[1:-1], cuts[2:])]
+    for helper in helpers:
         helper.start()
-        compute(slice(0, half), slice(0, middle))
+    compute(cuts[0], cuts[1])
+    for helper in helpers:
         helper.join()
     return {name: out[:, i] for i, name in enumerate(POSITION_METRICS)}
 
