@@ -160,6 +160,14 @@ def check(blob: bytes | memoryview, kind: str) -> None:
     validate(decode(blob), kind)  # the full check: raises the precise error
 
 
+def _head(blob: bytes | memoryview) -> bytes:
+    """A blob's length prefix and header: what records of one shape share."""
+    if len(blob) < 8:
+        raise RecordError(f"blob of {len(blob)} bytes is too short to be safetensors")
+    (header_len,) = struct.unpack_from("<Q", blob, 0)
+    return bytes(blob[:8 + header_len])
+
+
 def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | None:
     """Records that share one header, decoded together into read-only arrays with a leading record
     axis ([n, *shape]): one validation, one join and one strided view per tensor instead of n
@@ -170,11 +178,7 @@ def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | Non
     if not blobs:
         return None
     first = blobs[0]
-    size = len(first)
-    if size < 8:
-        raise RecordError(f"blob of {size} bytes is too short to be safetensors")
-    (header_len,) = struct.unpack_from("<Q", first, 0)
-    head = bytes(first[:8 + header_len])
+    size, head = len(first), _head(first)
     if any(len(b) != size or not b.startswith(head) for b in blobs):
         return None
     check(first, kind)
@@ -195,10 +199,7 @@ def decode_many(blobs: list[bytes], kind: str) -> list[dict[str, np.ndarray]]:
     """
     groups: dict[bytes, list[int]] = {}
     for i, blob in enumerate(blobs):
-        if len(blob) < 8:
-            raise RecordError(f"blob of {len(blob)} bytes is too short to be safetensors")
-        (header_len,) = struct.unpack_from("<Q", blob, 0)
-        groups.setdefault(bytes(blob[:8 + header_len]), []).append(i)
+        groups.setdefault(_head(blob), []).append(i)
     out: list[dict[str, np.ndarray]] = [{}] * len(blobs)
     for members in groups.values():
         stacked = decode_stacked([blobs[i] for i in members], kind)
