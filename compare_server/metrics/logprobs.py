@@ -238,14 +238,13 @@ def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
 def _per_prompt_mean(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Mean of each prompt's finite values, where prompt i's are the lengths[i] after the previous
     prompt's; NaN for a prompt with none."""
-    has = lengths > 0
-    if np.isfinite(values).all():  # the usual case: one pass of sums
+    has, finite = lengths > 0, np.isfinite(values)
+    if finite.all():  # the usual case: one pass of sums
         means = np.full(len(lengths), np.nan)
         if has.any():
             means[has] = np.add.reduceat(values, (np.cumsum(lengths) - lengths)[has]) / lengths[has]
         return means
     prompt = np.repeat(np.arange(len(lengths)), lengths)
-    finite = np.isfinite(values)
     values, prompt = values[finite], prompt[finite]
     sums = np.bincount(prompt, weights=values, minlength=len(lengths))
     counts = np.bincount(prompt, minlength=len(lengths))
