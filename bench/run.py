@@ -199,10 +199,12 @@ def bench_ingest(tmp: pathlib.Path, sizes: dict) -> dict:
 
 
 def bench_diff(tmp: pathlib.Path, sizes: dict) -> dict:
+    from compare_server.allocator import keep_freed_memory
     from compare_server.diff import compute_diff
     from compare_server.store.store import Store
     from proto.codec import decode, decode_stacked
 
+    keep_freed_memory()  # as `cmp serve` does: the diffs below run in this process, as in the server's
     out = {}
     for kind in ("embed", "logprobs"):
         db = tmp / f"diff-{kind}.db"

@@ -93,12 +93,14 @@ def serve(db, listen, token_file, tls_cert, tls_key, insecure, max_message_mb, m
     import signal
     import threading
 
+    from compare_server.allocator import keep_freed_memory
     from compare_server.errors import CmpError
     from compare_server.server import ListenError, ServerConfig, start_server
 
     if bool(tls_cert) != bool(tls_key):
         raise CmpUsageError("TLS needs both --tls-cert and --tls-key")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    keep_freed_memory()
     config = ServerConfig(
         db_url=db, listen=listen, insecure=insecure, max_message_mb=max_message_mb, max_run_mb=max_run_mb,
         open_run_timeout_s=open_run_timeout,
