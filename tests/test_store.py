@@ -56,6 +56,13 @@ def test_a_run_goes_from_open_to_complete_when_count_and_digest_match(store):
     assert store.get_prompts(DIGEST) == PROMPTS
 
 
+def test_a_prompt_set_is_parsed_once_and_an_unknown_one_is_named(store):
+    _open(store)
+    assert store.get_prompts(DIGEST) is store.get_prompts(DIGEST)  # every diff of its runs reads it
+    with pytest.raises(NotFound, match="no prompt set with digest 000000000000"):
+        store.get_prompts("0" * 64)
+
+
 def test_a_close_with_a_wrong_digest_or_count_fails_the_run_with_the_reason(store):
     run_id = _open(store)
     store.add_records(run_id, _records())

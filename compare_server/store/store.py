@@ -33,6 +33,7 @@ from compare_server.store.schema import ensure_schema, head_revision, upgrade
 from proto.digests import extend_run_digest, run_digest
 
 DEFAULT_URL = "sqlite:///./cmp-data/cmp.db"
+PROMPT_SETS_KEPT = 16  # parsed prompt sets a store keeps (a 10,000-prompt set is ~2 MB)
 
 
 class StoreError(CmpError):
@@ -112,6 +113,9 @@ class Store:
         self._checkpointer = Checkpointer(path) if path else None
         self._digests: dict[str, tuple[int, object]] = {}  # run -> (records hashed in order, sha256)
         self._digest_lock = threading.Lock()
+        # Prompt sets never change (a digest names their content), and every diff of a run reads
+        # its set: parsing a 10,000-prompt set takes 3-4 ms, a good part of such a diff.
+        self._prompt_sets: dict[str, list[dict[str, str]]] = {}
 
     def close(self) -> None:
         if self._checkpointer:
@@ -324,11 +328,19 @@ class Store:
             return list(s.scalars(select(RecordRow.idx).where(RecordRow.run_id == run_id).order_by(RecordRow.idx)))
 
     def get_prompts(self, digest: str) -> list[dict[str, str]]:
-        with self.session() as s:
-            row = s.get(PromptSetRow, digest)
-            if row is None:
-                raise NotFound(f"no prompt set with digest {digest[:12]}")
-            return json.loads(row.prompts_json)
+        """A prompt set's prompts ({"id", "text"}), kept after the first read: callers must not
+        modify them."""
+        prompts = self._prompt_sets.get(digest)
+        if prompts is None:
+            with self.session() as s:
+                row = s.get(PromptSetRow, digest)
+                if row is None:
+                    raise NotFound(f"no prompt set with digest {digest[:12]}")
+                prompts = json.loads(row.prompts_json)
+            if len(self._prompt_sets) >= PROMPT_SETS_KEPT:
+                self._prompt_sets.clear()
+            self._prompt_sets[digest] = prompts
+        return prompts
 
     # -- diff cache and perf ---------------------------------------------------------------------
 
