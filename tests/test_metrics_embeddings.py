@@ -56,6 +56,18 @@ def test_neighbour_overlap_matches_a_brute_force_count(pair):
     assert neighbour_overlap(an, bn, k) == pytest.approx(expected)
 
 
+def test_a_diff_summary_finds_the_same_neighbours_and_leaves_blas_threads_as_they_were(pair):
+    from threadpoolctl import threadpool_info
+
+    from compare_server.metrics.embeddings import NEIGHBOURS
+
+    a, b = pair
+    threads = [lib["num_threads"] for lib in threadpool_info()]
+    _, s = embedding_metrics(a, b)  # the two runs' similarity products run on two threads
+    assert s["neighbour_overlap"] == neighbour_overlap(normalise(a), normalise(b), NEIGHBOURS)
+    assert [lib["num_threads"] for lib in threadpool_info()] == threads
+
+
 def test_neighbour_overlap_counts_k_neighbours_when_several_tie_for_the_kth(pair):
     a, b = pair
     twins = np.concatenate([np.repeat(a[:1], 6, axis=0), a[1:]])  # six identical prompts: their neighbours tie
