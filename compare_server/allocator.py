@@ -17,7 +17,7 @@ import ctypes
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-TRIM_THRESHOLD = 256 * 1024 * 1024  # free memory kept at the heap's top before any is returned
+TRIM_THRESHOLD = 64 * 1024 * 1024  # free memory kept at the heap's top before any is returned
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's own ceiling: smaller allocations reuse the heap
 
 

@@ -194,17 +194,40 @@ class EmbeddingComparison:
             self.nonfinite[0] += int(np.count_nonzero(~np.isfinite(a[suspect])))
             self.nonfinite[1] += int(np.count_nonzero(~np.isfinite(b[suspect])))
 
-    def _sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """The sampled prompts of both runs, normalised (float64)."""
-        if self._normalised is None:
-            dim = self.dim
-            self._normalised = (normalise(np.concatenate(self.sampled_a or [np.empty((0, dim), np.float32)])),
-                                normalise(np.concatenate(self.sampled_b or [np.empty((0, dim), np.float32)])))
-        return self._normalised
+    def _finish_sample(self) -> None:
+        """Normalises the sampled prompts (float32, for the similarity products) and bins their
+        element errors, a block of rows at a time so that wide embeddings need little memory."""
+        if self._normalised is not None:
+            return
+        raw_a = np.concatenate(self.sampled_a or [np.empty((0, self.dim), np.float32)])
+        raw_b = np.concatenate(self.sampled_b or [np.empty((0, self.dim), np.float32)])
+        self.sampled_a = self.sampled_b = []
+        an, bn = np.empty(raw_a.shape, np.float32), np.empty(raw_b.shape, np.float32)
+        self._fine = np.zeros(HISTOGRAM_FINE_BINS, np.int64)
+        self._max_error, self._histogram_prompts = 0.0, 0
+        block = max(1, (1 << 18) // max(self.dim, 1))
+        for start in range(0, len(raw_a), block):
+            rows = slice(start, start + block)
+            a, b = normalise(raw_a[rows]), normalise(raw_b[rows])
+            an[rows], bn[rows] = a, b
+            errors = np.abs(np.subtract(a, b, out=a), out=a)
+            finite = np.isfinite(errors)
+            if not finite.all():
+                self._histogram_prompts += int(finite.any(axis=1).sum())
+                errors = errors[finite]
+            else:
+                self._histogram_prompts += len(errors)
+            if errors.size:
+                self._max_error = max(self._max_error, float(errors.max()))
+                # |â - b̂| <= 2, so each error's fine bin is a scaled truncation: bincount, not histogram.
+                bins = np.minimum((errors.ravel() * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.intp), HISTOGRAM_FINE_BINS - 1)
+                self._fine += np.bincount(bins, minlength=HISTOGRAM_FINE_BINS)
+        self._normalised = an, bn
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         per = {name: np.concatenate(parts) for name, parts in self.per.items()}
-        an, bn = self._sample()
+        self._finish_sample()
+        an, bn = self._normalised
         k = min(NEIGHBOURS, len(an) - 1)
         (sa, near_a), (sb, near_b) = _similarity_sides(an, bn, k)
         cos = per["cos"]
@@ -227,21 +250,13 @@ class EmbeddingComparison:
         """The element errors of the sampled prompts (all of them up to SIMILARITY_SAMPLE) in `bins`
         equal bins from 0 to the largest of those errors; `prompts` says how many were counted
         (those with at least one finite error)."""
-        an, bn = self._sample()
-        errors = np.abs(an - bn)
-        finite = np.isfinite(errors)
-        prompts = int(finite.any(axis=1).sum()) if errors.size else 0
-        errors = errors.ravel() if finite.all() else errors[finite]
-        max_error = float(errors.max()) if errors.size else 0.0
-        # |â - b̂| <= 2, so each error's fine bin is a scaled truncation: bincount, not histogram.
-        fine = np.bincount(np.minimum((errors * (HISTOGRAM_FINE_BINS / 2.0)).astype(np.intp),
-                                      HISTOGRAM_FINE_BINS - 1), minlength=HISTOGRAM_FINE_BINS)
+        self._finish_sample()
         width = 2.0 / HISTOGRAM_FINE_BINS
-        used = max(1, int(np.ceil(max_error / width)))
+        used = max(1, int(np.ceil(self._max_error / width)))
         group = int(np.ceil(used / bins))
-        counts = [int(fine[i:i + group].sum()) for i in range(0, used, group)]
+        counts = [int(self._fine[i:i + group].sum()) for i in range(0, used, group)]
         edges = [i * width for i in range(0, used, group)] + [min(used, len(counts) * group) * width]
-        return {"edges": edges, "counts": counts, "prompts": prompts}
+        return {"edges": edges, "counts": counts, "prompts": self._histogram_prompts}
 
 
 def embedding_metrics(a: np.ndarray, b: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
