@@ -170,7 +170,11 @@ class EmbeddingComparison:
         self.offset = 0
         self.dim = 0
         self.nonfinite = [0, 0]
+        # Set by _finish_sample, once every chunk is in:
         self._normalised: tuple[np.ndarray, np.ndarray] | None = None
+        self._fine = np.zeros(HISTOGRAM_FINE_BINS, np.int64)
+        self._max_error = 0.0
+        self._histogram_prompts = 0
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         if a.shape != b.shape or (self.dim and a.shape[1] != self.dim):
@@ -201,10 +205,8 @@ class EmbeddingComparison:
             return
         raw_a = np.concatenate(self.sampled_a or [np.empty((0, self.dim), np.float32)])
         raw_b = np.concatenate(self.sampled_b or [np.empty((0, self.dim), np.float32)])
-        self.sampled_a = self.sampled_b = []
+        self.sampled_a, self.sampled_b = [], []  # the raw rows are in raw_a, raw_b now
         an, bn = np.empty(raw_a.shape, np.float32), np.empty(raw_b.shape, np.float32)
-        self._fine = np.zeros(HISTOGRAM_FINE_BINS, np.int64)
-        self._max_error, self._histogram_prompts = 0.0, 0
         block = max(1, (1 << 18) // max(self.dim, 1))
         for start in range(0, len(raw_a), block):
             rows = slice(start, start + block)
