@@ -56,7 +56,7 @@ def _assert_same(pos: Positions):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 20])
+@pytest.mark.parametrize("k", [1, 2, 5, 20, 33, 64, 65])  # the kernel matches ids three ways: up to 32, 64, more
 def test_positions_match_the_numpy_reference_on_random_distributions(k):
     rng = np.random.default_rng(k)
     logits = rng.normal(scale=3.0, size=(500, 60))
@@ -85,6 +85,36 @@ def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
         _assert_same(_positions(*row))
     got = position_metrics(_positions(ids, lp, ids, bad))
     assert np.isnan(got["kl"][[1, 2]]).all() and np.isfinite(got["kl"][3]) and got["top1_match"][1] == 1.0
+
+
+def test_positions_match_the_numpy_reference_from_certainty_down_to_underflow():
+    """The kernel's own exp and log (vectorised, unlike libm's) against numpy's over the whole range
+    logprobs take: near 0, ordinary, far below EPS, where e^x is subnormal (-708 to -745), where it
+    underflows to 0, -inf, and positive values a broken model might send."""
+    rng = np.random.default_rng(21)
+    scales = np.array([1e-7, 1e-3, 0.1, 1.0, 5.0, 30.0, 100.0, 300.0, 700.0])
+    la = -np.abs(rng.normal(size=(900, 12))) * rng.choice(scales, size=(900, 1))
+    la[::7, 3] = rng.uniform(-760, -700, size=len(la[::7]))
+    la[::11, 5] = -np.inf
+    la[::13, 0] = rng.uniform(0.0, 3.0, size=len(la[::13]))
+    lb = la + rng.normal(scale=1e-3, size=la.shape)
+    lb[::5] = la[::5]  # identical positions: every distance exactly 0 up to rounding
+    ids = np.tile(np.arange(12, dtype=np.int64), (900, 1))
+    lp_a, lp_b = (-np.sort(-x, axis=1).astype(np.float32) for x in (la, lb))
+    _assert_same(_positions(ids, lp_a, ids, lp_b))
+
+
+def test_ids_equal_in_their_low_32_bits_are_still_different_ids():
+    """Ids are compared on their low 32 bits first: an id and id + 2^32 must not match."""
+    rng = np.random.default_rng(3)
+    k = 10
+    logits = rng.normal(scale=2.0, size=(200, 40))
+    la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.2, size=la.shape), k)
+    high = ids_b + (1 << 32) * (rng.random(ids_b.shape) < 0.3)  # same low bits, another id
+    _assert_same(_positions(ids_a, lp_a, high, lp_b))
+    got = position_metrics(_positions(ids_a, lp_a, ids_a + (1 << 32), lp_a))
+    assert (got["topk_overlap"] == 0).all() and (got["top1_match"] == 0).all()
 
 
 def test_positions_read_blocks_of_record_bytes_up_to_each_prompts_count():
@@ -132,3 +162,36 @@ def test_positions_split_over_several_cores_give_the_single_core_values():
         split = position_metrics(pos, threads=threads)
         for name in POSITION_METRICS:
             np.testing.assert_array_equal(split[name], one[name], err_msg=f"{name}, {threads} threads")
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_diff_without_the_compiled_kernels_gives_the_same_metrics(monkeypatch, shuffled):
+    """Where cmp was installed without a C compiler, the numpy code stands in for the kernel in a
+    whole diff: per-prompt means, and rows out of order sent back to be sorted."""
+    from compare_server.metrics import logprobs
+    from proto.codec import decode_stacked, encode
+
+    rng = np.random.default_rng(17)
+    n, t, k = 30, 6, 8
+    logits = rng.normal(scale=3.0, size=(n * t, 40))
+    la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.3, size=la.shape), k)
+    if shuffled:
+        ids_b[7], lp_b[7] = ids_b[7][::-1], lp_b[7][::-1]
+
+    def stacked(ids, lp):
+        return decode_stacked([encode({"token_ids": ids[i * t:(i + 1) * t, 0], "token_logprobs": lp[i * t:(i + 1) * t, 0],
+                                       "topk_ids": ids[i * t:(i + 1) * t], "topk_logprobs": lp[i * t:(i + 1) * t]})
+                               for i in range(n)], "logprobs")
+
+    def diff():
+        comparison = logprobs.LogprobComparison(forced=True)
+        comparison.add(stacked(ids_a, lp_a), stacked(ids_b, lp_b))
+        return comparison.result()
+
+    (per_kernel, summary_kernel) = diff()
+    monkeypatch.setattr(logprobs, "_kernels", None)
+    (per_numpy, summary_numpy) = diff()
+    for name in per_numpy:
+        np.testing.assert_allclose(per_kernel[name], per_numpy[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    assert summary_kernel == pytest.approx(summary_numpy, rel=1e-9, abs=1e-12)

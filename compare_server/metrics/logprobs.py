@@ -186,20 +186,36 @@ def distribution_metrics(pa, pb, valid, tail_a, tail_b) -> dict[str, np.ndarray]
     }
 
 
+@dataclass
+class Measured:
+    """What measure_positions finds: every metric at every position, each block's means, and how
+    many rows were not sorted most likely first (or held a NaN), whose values are then not the
+    metrics: sort those rows (stack_positions does) and measure again."""
+
+    values: dict[str, np.ndarray]  # name: [P], the positions in order
+    means: dict[str, np.ndarray]  # name: [n], each block's mean of its finite values (NaN for none)
+    unsorted: int
+
+
 def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np.ndarray]:
-    """Every POSITION_METRICS value at every compared position, in order: the compiled kernel,
-    else numpy. The kernel releases the GIL, so a large input is split over `threads` cores
-    (default: the machine's, up to KERNEL_THREADS)."""
+    """Every POSITION_METRICS value at every compared position, in order."""
+    return measure_positions(pos, threads).values
+
+
+def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
+    """The compiled kernel, else numpy. The kernel releases the GIL, so a large input is split over
+    `threads` cores (default: the machine's, up to KERNEL_THREADS)."""
     ends = np.cumsum(pos.counts)
     rows = int(ends[-1]) if len(ends) else 0
     if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
-        return position_metrics_numpy(pos)
-    out = np.empty((rows, len(POSITION_METRICS)))
+        return _measure_numpy(pos)
+    out, means = np.empty((rows, len(POSITION_METRICS))), np.empty((len(pos.counts), len(POSITION_METRICS)))
     arrays = (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts)
+    unsorted = []
 
     def compute(first: int, last: int):  # blocks [first, last)
         start, stop = int(ends[first - 1]) if first else 0, int(ends[last - 1])
-        _kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop])
+        unsorted.append(_kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop], means[first:last]))
 
     threads = min(threads or os.cpu_count() or 1, KERNEL_THREADS, max(1, rows // KERNEL_PART))
     # Block boundaries that cut the rows into about equal parts (a block is never split).
@@ -210,7 +226,15 @@ def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np
     compute(cuts[0], cuts[1])
     for helper in helpers:
         helper.join()
-    return {name: out[:, i] for i, name in enumerate(POSITION_METRICS)}
+    return Measured({name: out[:, i] for i, name in enumerate(POSITION_METRICS)},
+                    {name: means[:, i] for i, name in enumerate(POSITION_METRICS)}, sum(unsorted))
+
+
+def _measure_numpy(pos: Positions) -> Measured:
+    values = position_metrics_numpy(pos)
+    lp = (pos.rows(pos.lp_a), pos.rows(pos.lp_b))
+    unsorted = sum(int((~(x[:, 1:] <= x[:, :-1])).any(axis=1).sum()) for x in lp)  # NaN counts as out of order
+    return Measured(values, {name: _per_prompt_mean(v, pos.counts) for name, v in values.items()}, unsorted)
 
 
 def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
@@ -264,10 +288,10 @@ def _full_first(a: dict, b: dict) -> tuple[float, float]:
 
 
 def _one_block(a, b) -> bool:
-    """Whether two chunks are records stacked in one and the same shape, sorted as agents send them."""
+    """Whether two chunks are records stacked in one and the same shape (whether their rows are
+    sorted as agents send them, the kernel finds out)."""
     return (isinstance(a, dict) and isinstance(b, dict) and "full_logprobs" not in a and "full_logprobs" not in b
-            and a["topk_ids"].shape == b["topk_ids"].shape and a["topk_ids"].shape[2] > 0
-            and _descending(a["topk_logprobs"]) and _descending(b["topk_logprobs"]))
+            and a["topk_ids"].shape == b["topk_ids"].shape and a["topk_ids"].shape[2] > 0)
 
 
 def _records(chunk: list[dict] | dict) -> list[dict]:
@@ -308,22 +332,27 @@ class LogprobComparison:
     def add(self, records_a: list[dict] | dict, records_b: list[dict] | dict) -> None:
         """Adds the next prompts' records: lists of decoded records, or records of one shape
         stacked as codec.decode_stacked gives them (the store's usual case, and much faster)."""
-        if _one_block(records_a, records_b):
-            self._add_block(records_a, records_b)
-        else:
+        if not (_one_block(records_a, records_b) and self._add_block(records_a, records_b)):
             self._add_records(_records(records_a), _records(records_b))
 
-    def _add_block(self, a: dict, b: dict) -> None:
+    def _add_block(self, a: dict, b: dict) -> bool:
+        """Adds stacked records in one pass; False, adding nothing, if a row is not sorted most
+        likely first (the records path sorts it)."""
         n, t, k = a["topk_ids"].shape
         divergence = _first_difference(a["token_ids"] != b["token_ids"])
         # Greedy: positions after the first divergence have different prefixes and are not compared.
         lengths = np.full(n, t) if self.forced else np.where(divergence >= 0, divergence + 1, t)
         chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
         if lengths.any():
-            pos = Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"], b["topk_logprobs"])
-            self._measure(pos, np.arange(n), lengths, chunk)
+            measured = measure_positions(Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"],
+                                                   b["topk_logprobs"]))
+            if measured.unsorted:
+                return False
+            chunk = measured.means
+            self._keep_detail(measured.values, np.arange(n), lengths)
         self._append(chunk, divergence, lengths.tolist(), np.where(lengths > 0, k, 0).tolist(), None,
                      _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"]))
+        return True
 
     def _add_records(self, records_a: list[dict], records_b: list[dict]) -> None:
         n = len(records_a)
@@ -342,11 +371,16 @@ class LogprobComparison:
                      sum(_nonfinite(r["topk_logprobs"]) for r in records_b))
 
     def _measure(self, pos: Positions, prompts: np.ndarray, lengths: np.ndarray, chunk: dict) -> None:
-        """The metrics at pos's positions, which belong to `prompts` (indices in the chunk),
-        lengths[i] each: their per-prompt means go into chunk, the first positions into the detail."""
+        """The metrics at pos's positions, one block each, which belong to `prompts` (indices in
+        the chunk), lengths[i] each: their per-prompt means go into chunk, the first positions into
+        the detail."""
         values = position_metrics(pos)
         for name in POSITION_METRICS:
             chunk[name][prompts] = _per_prompt_mean(values[name], lengths)
+        self._keep_detail(values, prompts, lengths)
+
+    def _keep_detail(self, values: dict, prompts: np.ndarray, lengths: np.ndarray) -> None:
+        """Keeps KL and top-1 agreement at the first DETAIL_LIMIT positions, for pictures."""
         room = self.DETAIL_LIMIT - self.detail_count
         if room > 0:
             prompt = np.repeat(np.arange(len(lengths)), lengths)[:room]
