@@ -359,21 +359,22 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         for (int s = 0; s < 2; s++)
             log_fills[s] = log_fast(fills[s] > EPS ? fills[s] : EPS);
     }
-    double fa = fills[0], fb = fills[1];
+    double fa = fills[0], fb = fills[1], log_fa = log_fills[0], log_fb = log_fills[1];
     /* The union: Sa's ids in Sa's order, then Sb's ids that Sa lacks; column m is the tail. */
 #pragma omp simd
     for (int i = 0; i < k; i++) {
         int j = match[i] < 0 ? 0 : match[i];
+        double p = tb[j], lp = lbk[j]; /* read whether matched or not: no masked gather */
         pa[i] = ta[i];
         lpa[i] = ta[i] > EPS ? la[i] : LOG_EPS;
-        pb[i] = match[i] < 0 ? fb : tb[j];
-        lpb[i] = match[i] < 0 ? log_fills[1] : lbk[j];
+        pb[i] = match[i] < 0 ? fb : p;
+        lpb[i] = match[i] < 0 ? log_fb : lp;
     }
     int m = k;
     for (int j = 0; missing_a && j < k; j++)
         if (!b_in_a[j]) {
             pa[m] = fa;
-            lpa[m] = log_fills[0];
+            lpa[m] = log_fa;
             pb[m] = tb[j];
             lpb[m] = lbk[j];
             m++;
