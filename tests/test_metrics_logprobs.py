@@ -170,3 +170,22 @@ def test_spearman_ranks_ties_as_scipy_does():
     ranks = _ranks(x, valid)
     np.testing.assert_array_equal(ranks[0], rankdata(x[0]))
     np.testing.assert_array_equal(ranks[1][valid[1]], rankdata(x[1][valid[1]]))
+
+
+def test_the_per_position_detail_lists_prompts_in_order_when_they_are_measured_by_top_k_width(full_pair):
+    """Prompts of different top-k widths are measured a width at a time; a report still plots them
+    prompt by prompt, position by position, each with its own KL."""
+    from compare_server.metrics.logprobs import LogprobComparison, position_detail
+
+    la, lb = full_pair
+    widths = [6, 3, 6, 3, 4]
+    recs_a = [_record(np.roll(la, i, axis=0), k) for i, k in enumerate(widths)]
+    recs_b = [_record(np.roll(lb, i, axis=0), k) for i, k in enumerate(widths)]
+    comparison = LogprobComparison(forced=True)
+    comparison.add(recs_a, recs_b)
+    detail = comparison.detail()
+    assert detail["prompt"] == [p for p in range(5) for _ in range(5)]
+    assert detail["position"] == list(range(5)) * 5
+    for p in range(5):  # each prompt's values are those it has on its own
+        alone = position_detail([recs_a[p]], [recs_b[p]], forced=True)
+        assert detail["kl"][5 * p:5 * p + 5] == pytest.approx(alone["kl"], rel=1e-12)

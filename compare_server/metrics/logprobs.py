@@ -431,9 +431,12 @@ class LogprobComparison:
         if not self.detail_parts:
             return {"prompt": [], "position": [], "kl": [], "top1_match": []}
         prompt, position, kl, top1 = (np.concatenate(column) for column in zip(*self.detail_parts))
-        order = np.lexsort((position, prompt))
-        return {"prompt": prompt[order].tolist(), "position": position[order].tolist(),
-                "kl": kl[order].tolist(), "top1_match": top1[order].tolist()}
+        # Stacked records come in order; records of several shapes are measured a shape at a time.
+        in_order = ((prompt[1:] > prompt[:-1]) | ((prompt[1:] == prompt[:-1]) & (position[1:] > position[:-1]))).all()
+        if not in_order:
+            order = np.lexsort((position, prompt))
+            prompt, position, kl, top1 = prompt[order], position[order], kl[order], top1[order]
+        return {"prompt": prompt.tolist(), "position": position.tolist(), "kl": kl.tolist(), "top1_match": top1.tolist()}
 
 
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
