@@ -203,3 +203,16 @@ def test_a_server_store_checkpoints_its_write_ahead_log_in_the_background(tmp_pa
         sizes[background] = path.stat().st_size
         store.close()
     assert sizes[True] >= 1_200_000 > sizes[False]  # copied into the database file, not left in the log
+
+
+def test_records_stream_in_parts_that_grow_from_the_first_size_to_the_chunk(store):
+    """A diff starts its metrics on a small first part while the next is read; every record comes
+    once, in index order."""
+    prompts = [{"id": f"q{i}", "text": f"prompt {i}"} for i in range(100)]
+    run_id, _ = store.open_run({"mode": "embed", "model_name": "m"}, {}, "set-100",
+                               prompt_digest((p["id"], p["text"]) for p in prompts), prompts)
+    store.add_records(run_id, _records(100))
+    parts = list(store.iter_records(run_id, 32, first=4))
+    assert [len(p) for p in parts] == [4, 8, 16, 32, 32, 8]
+    assert [r.index for p in parts for r in p] == list(range(100))
+    assert [len(p) for p in store.iter_records(run_id, 32)] == [32, 32, 32, 4]
