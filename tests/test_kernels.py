@@ -65,11 +65,12 @@ def test_positions_match_the_numpy_reference_on_random_distributions(k):
     _assert_same(_positions(*_topk(la, k), *_topk(lb, k)))
 
 
-def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
+@pytest.mark.parametrize("k", [8, 20])  # 20, the agents' default, runs a copy of the kernel built for it
+def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values(k):
     rng = np.random.default_rng(9)
-    ids = np.arange(8, dtype=np.int64)[None].repeat(6, 0)
-    tied = np.full((6, 8), np.log(0.05), np.float32)  # every candidate equally likely
-    lp = np.sort(np.log(rng.dirichlet(np.ones(30), size=6)[:, :8]).astype(np.float32), axis=1)[:, ::-1].copy()
+    ids = np.arange(k, dtype=np.int64)[None].repeat(6, 0)
+    tied = np.full((6, k), np.log(0.05), np.float32)  # every candidate equally likely
+    lp = np.sort(np.log(rng.dirichlet(np.ones(30), size=6)[:, :k]).astype(np.float32), axis=1)[:, ::-1].copy()
     rows = [
         (ids, tied, ids, tied),                            # identical and all tied
         (ids, lp, ids, lp),                                # identical
@@ -87,19 +88,20 @@ def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values():
     assert np.isnan(got["kl"][[1, 2]]).all() and np.isfinite(got["kl"][3]) and got["top1_match"][1] == 1.0
 
 
-def test_positions_match_the_numpy_reference_from_certainty_down_to_underflow():
+@pytest.mark.parametrize("k", [12, 20])
+def test_positions_match_the_numpy_reference_from_certainty_down_to_underflow(k):
     """The kernel's own exp and log (vectorised, unlike libm's) against numpy's over the whole range
     logprobs take: near 0, ordinary, far below EPS, where e^x is subnormal (-708 to -745), where it
     underflows to 0, -inf, and positive values a broken model might send."""
     rng = np.random.default_rng(21)
     scales = np.array([1e-7, 1e-3, 0.1, 1.0, 5.0, 30.0, 100.0, 300.0, 700.0])
-    la = -np.abs(rng.normal(size=(900, 12))) * rng.choice(scales, size=(900, 1))
+    la = -np.abs(rng.normal(size=(900, k))) * rng.choice(scales, size=(900, 1))
     la[::7, 3] = rng.uniform(-760, -700, size=len(la[::7]))
     la[::11, 5] = -np.inf
     la[::13, 0] = rng.uniform(0.0, 3.0, size=len(la[::13]))
     lb = la + rng.normal(scale=1e-3, size=la.shape)
     lb[::5] = la[::5]  # identical positions: every distance exactly 0 up to rounding
-    ids = np.tile(np.arange(12, dtype=np.int64), (900, 1))
+    ids = np.tile(np.arange(k, dtype=np.int64), (900, 1))
     lp_a, lp_b = (-np.sort(-x, axis=1).astype(np.float32) for x in (la, lb))
     _assert_same(_positions(ids, lp_a, ids, lp_b))
 

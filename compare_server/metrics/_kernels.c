@@ -467,8 +467,10 @@ static inline void block_means(const double *rows, Py_ssize_t count, double *mea
 
 /* Every block's positions into out, each block's means into means[n, 8]; returns how many rows
  * were out of order. */
-CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *counts, int k, double *out,
-                                   double *means, double *scratch, int *iscratch) {
+static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_buffer *v, Py_ssize_t n,
+                                                                           const long long *counts, int k, double *out,
+                                                                           double *means, double *scratch,
+                                                                           int *iscratch) {
     Py_ssize_t unsorted = 0;
     Py_ssize_t group = GROUP_ROWS(k);
     double *ta = scratch, *tb = ta + group * k, *lbk = tb + group * k, *rest = lbk + group * k;
@@ -492,6 +494,17 @@ CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *
         block_means(block, counts[i], means + 8 * i);
     }
     return unsorted;
+}
+
+/* The capture agents' default top-k: rows of this width run a copy of the kernel compiled for it,
+ * whose loops have a known length (0.44 µs a position against 0.47). */
+#define AGENT_TOP_K 20
+
+CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *counts, int k, double *out,
+                                   double *means, double *scratch, int *iscratch) {
+    if (k == AGENT_TOP_K)
+        return positions_of_width(v, n, counts, AGENT_TOP_K, out, means, scratch, iscratch);
+    return positions_of_width(v, n, counts, k, out, means, scratch, iscratch);
 }
 
 static int is_int64(const Py_buffer *v) { /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
