@@ -413,7 +413,20 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         kl += p > 0 ? p * (lp - lq) : 0.0;
         js += (p > 0 ? 0.5 * p * (lp - lm) : 0.0) + (q > 0 ? 0.5 * q * (lq - lm) : 0.0);
     }
-    if (!rising && distinct) {
+    int tied = 0;
+#pragma omp simd reduction(| : tied)
+    for (int i = 1; i < k; i++)
+        tied |= (ta[i] == ta[i - 1]) | (tb[i] == tb[i - 1]);
+    double spearman;
+    if (!rising && distinct && !tied && m == k) {
+        /* The same ids, no two equally likely: column i ranks k - i in A and k - match[i] in B, and
+         * Pearson's r of distinct ranks is 1 - 6 sum(d^2) / (k (k^2 - 1)). */
+        long long d2 = 0;
+#pragma omp simd reduction(+ : d2)
+        for (int i = 0; i < k; i++)
+            d2 += (long long)(match[i] - i) * (match[i] - i);
+        spearman = k > 1 ? 1.0 - 6.0 * (double)d2 / ((double)k * ((double)k * k - 1)) : NAN;
+    } else if (!rising && distinct) {
         /* No sort needed. pa is descending as built: Sa's probabilities, then fills no larger than
          * the K-th. pb holds Sb's probabilities plus as many fills, so its values in descending
          * order are tb[0..k-1] then fb: rank that sequence and map each column to its entry. */
@@ -424,9 +437,11 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         for (int j = 0, c = k; c < m; j++)
             if (!b_in_a[j])
                 rkb[c++] = seq_rank[j];
+        spearman = rank_pearson(rka, rkb, m);
     } else { /* rows out of order (bad values) or an id listed twice */
         ranks(pa, m, rka, order);
         ranks(pb, m, rkb, order);
+        spearman = rank_pearson(rka, rkb, m);
     }
     out[0] = ida[0] == idb[0];
     out[1] = (double)(k - missing_a) / k;
@@ -434,7 +449,7 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
     out[3] = kl;
     out[4] = js;
     out[5] = ae / (m + 1);
-    out[6] = rank_pearson(rka, rkb, m);
+    out[6] = spearman;
     out[7] = rel_n ? rel / rel_n : NAN;
     if (bad)
         for (int i = 2; i < 8; i++)
