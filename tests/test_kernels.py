@@ -56,7 +56,7 @@ def _assert_same(pos: Positions):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 20, 33, 64, 65])  # the kernel matches ids three ways: up to 32, 64, more
+@pytest.mark.parametrize("k", [1, 2, 5, 20, 32, 33, 64])  # ids are matched one way up to 32, another past it
 def test_positions_match_the_numpy_reference_on_random_distributions(k):
     rng = np.random.default_rng(k)
     logits = rng.normal(scale=3.0, size=(500, 60))

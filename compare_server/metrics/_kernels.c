@@ -254,28 +254,13 @@ static inline __attribute__((always_inline)) int match_narrow(const long long *i
 
 /* Where each of Sa's ids sits in Sb. match[i]: the first j with idb[j] == ida[i], or -1;
  * b_in_a[j]: whether idb[j] is in Sa. Returns whether no id is matched twice (Sa or Sb listing an
- * id twice is bad input; the ranks then take the sorting path). Up to 64 ids, each id of Sa is
- * compared with all of Sb's at once into a bit mask: no branch that depends on the data. */
+ * id twice is bad input; the ranks then take the sorting path). Up to 32 ids (APIs cap top-k at
+ * 20), match_narrow; wider lists are scanned id by id. */
 static inline __attribute__((always_inline)) int match_ids(const long long *ida, const long long *idb, int k,
                                                            int *match, int *b_in_a, uint32_t *low) {
-    int distinct = 1;
     if (k <= 32)
         return match_narrow(ida, idb, k, match, b_in_a, low);
-    if (k <= 64) {
-        uint64_t taken = 0;
-        for (int i = 0; i < k; i++) {
-            uint64_t hits = 0, id = (uint64_t)ida[i];
-#pragma omp simd reduction(| : hits)
-            for (long long j = 0; j < k; j++)
-                hits |= (uint64_t)((uint64_t)idb[j] == id) << j;
-            distinct &= (hits & (hits - 1)) == 0 && (hits & taken) == 0;
-            taken |= hits;
-            match[i] = hits ? __builtin_ctzll(hits) : -1;
-        }
-        for (int j = 0; j < k; j++)
-            b_in_a[j] = (taken >> j) & 1;
-        return distinct;
-    }
+    int distinct = 1;
     for (int j = 0; j < k; j++)
         b_in_a[j] = 0;
     for (int i = 0; i < k; i++) {
