@@ -197,3 +197,29 @@ def test_a_diff_without_the_compiled_kernels_gives_the_same_metrics(monkeypatch,
     for name in per_numpy:
         np.testing.assert_allclose(per_kernel[name], per_numpy[name], rtol=1e-9, atol=1e-12, err_msg=name)
     assert summary_kernel == pytest.approx(summary_numpy, rel=1e-9, abs=1e-12)
+
+
+def test_the_similarity_sample_is_normalised_and_histogrammed_as_numpy_does_it(monkeypatch):
+    """The sampled prompts' unit rows (for the similarity metrics) and element-error histogram
+    come from one compiled pass; numpy's blockwise code gives the same rows, counts and largest
+    error, NaN, infinite and zero rows included."""
+    from compare_server.metrics import embeddings
+
+    a, b = _embedding_pair(np.random.default_rng(4), n=300, d=200)
+    b[3, 7], b[4, 0], a[5] = np.nan, np.inf, 0.0
+
+    def sample():
+        comparison = embeddings.EmbeddingComparison(len(a))
+        comparison.add(a, b)
+        comparison.result()
+        return comparison._normalised, comparison.histogram(bins=40)
+
+    (an, bn), histogram = sample()
+    monkeypatch.setattr(embeddings, "_kernels", None)
+    (an_ref, bn_ref), histogram_ref = sample()
+    np.testing.assert_allclose(an, an_ref, rtol=2e-7)  # sums in another order: at most a float32 ulp
+    np.testing.assert_allclose(bn, bn_ref, rtol=2e-7)
+    # A NaN or a zero row leaves no finite error; an infinity leaves its row's other elements finite.
+    assert histogram["prompts"] == histogram_ref["prompts"] == 298 and histogram["edges"] == histogram_ref["edges"]
+    counts, counts_ref = np.array(histogram["counts"]), np.array(histogram_ref["counts"])
+    assert counts.sum() == counts_ref.sum() and np.abs(counts - counts_ref).sum() <= 2  # an error on a bin edge

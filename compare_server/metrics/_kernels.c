@@ -26,6 +26,11 @@ static int get_view(PyObject *obj, Py_buffer *view, int flags, const char *forma
     return 0;
 }
 
+static int is_int64(const Py_buffer *v) { /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
+    const char *f = v->format[0] == '<' || v->format[0] == '=' ? v->format + 1 : v->format;
+    return v->itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0);
+}
+
 /* embed_rows(a, b, cos, mse, max_abs): per row of two [n, d] float32 arrays (rows contiguous), with
  * â = a/‖a‖: cos = â·b̂, mse = mean((â-b̂)²), max_abs = max|â-b̂|, into float64 [n] outputs.
  * Sums in double, as embeddings.normalise does; a NaN, an infinity or a zero row gives NaN. */
@@ -81,6 +86,80 @@ static PyObject *embed_rows(PyObject *self, PyObject *args) {
     for (int k = 0; k < 5; k++)
         PyBuffer_Release(&v[k]);
     Py_RETURN_NONE;
+fail:
+    for (int k = 0; k < got; k++)
+        PyBuffer_Release(&v[k]);
+    return NULL;
+}
+
+/* sample_rows(a, b, an, bn, fine) -> (max_error, prompts): rows of two [n, d] float32 arrays
+ * (rows contiguous) normalised as embeddings.normalise does (sums and division in double) into
+ * float32 [n, d] an and bn; each finite element error |â - b̂| (in double) counted into int64
+ * fine[bins], bin min(error * bins / 2, bins - 1) (errors are at most 2). Returns the largest
+ * finite error (0 for none) and how many rows had one. */
+static PyObject *sample_rows(PyObject *self, PyObject *args) {
+    PyObject *objs[5];
+    Py_buffer v[5];
+    static const char *names[5] = {"a", "b", "an", "bn", "fine"};
+    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4]))
+        return NULL;
+    int got = 0;
+    for (; got < 4; got++) {
+        int flags = got >= 2 ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) : PyBUF_RECORDS_RO;
+        if (get_view(objs[got], &v[got], flags, "f", 2, names[got]) < 0)
+            goto fail;
+    }
+    if (PyObject_GetBuffer(objs[4], &v[4], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        goto fail;
+    got++;
+    if (v[4].ndim != 1 || !is_int64(&v[4])) {
+        PyErr_SetString(PyExc_TypeError, "fine: expected a 1-D int64 array");
+        goto fail;
+    }
+    Py_ssize_t n = v[0].shape[0], d = v[0].shape[1], bins = v[4].shape[0];
+    for (int i = 0; i < 4; i++)
+        if (v[i].shape[0] != n || v[i].shape[1] != d || v[i].strides[1] != sizeof(float)) {
+            PyErr_SetString(PyExc_ValueError, "sample_rows: shapes differ or rows are not contiguous float32");
+            goto fail;
+        }
+    if (bins < 1) {
+        PyErr_SetString(PyExc_ValueError, "sample_rows: fine needs at least one bin");
+        goto fail;
+    }
+    double largest = 0;
+    Py_ssize_t prompts = 0;
+    long long *fine = v[4].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *x = (const float *)((const char *)v[0].buf + i * v[0].strides[0]);
+        const float *y = (const float *)((const char *)v[1].buf + i * v[1].strides[0]);
+        float *xn = (float *)v[2].buf + i * d, *yn = (float *)v[3].buf + i * d;
+        double na = 0, nb = 0;
+#pragma omp simd reduction(+ : na, nb)
+        for (Py_ssize_t j = 0; j < d; j++) {
+            na += (double)x[j] * x[j];
+            nb += (double)y[j] * y[j];
+        }
+        na = sqrt(na);
+        nb = sqrt(nb);
+        int finite = 0;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            double s = x[j] / na, t = y[j] / nb, e = fabs(s - t);
+            xn[j] = (float)s;
+            yn[j] = (float)t;
+            if (isfinite(e)) {
+                Py_ssize_t bin = (Py_ssize_t)(e * (bins / 2.0));
+                fine[bin < bins ? bin : bins - 1]++;
+                largest = e > largest ? e : largest;
+                finite = 1;
+            }
+        }
+        prompts += finite;
+    }
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 5; k++)
+        PyBuffer_Release(&v[k]);
+    return Py_BuildValue("dn", largest, prompts);
 fail:
     for (int k = 0; k < got; k++)
         PyBuffer_Release(&v[k]);
@@ -507,11 +586,6 @@ CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *
     return positions_of_width(v, n, counts, k, out, means, scratch, iscratch);
 }
 
-static int is_int64(const Py_buffer *v) { /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
-    const char *f = v->format[0] == '<' || v->format[0] == '=' ? v->format + 1 : v->format;
-    return v->itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0);
-}
-
 /* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out, means): ids int64 and logprobs float32
  * [n, T, K], each row sorted most likely first (as records carry them), rows contiguous, any other
  * strides (strided views of record bytes); counts int64 [n]: block i's compared positions are its
@@ -581,6 +655,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"embed_rows", embed_rows, METH_VARARGS, "Per-row cos, mse and max_abs of two float32 embedding matrices."},
+    {"sample_rows", sample_rows, METH_VARARGS, "Normalises sampled embedding rows and bins their element errors."},
     {"position_rows", position_rows, METH_VARARGS, "The logprob position metrics of stacked top-k rows."},
     {NULL, NULL, 0, NULL},
 };

@@ -200,13 +200,18 @@ class EmbeddingComparison:
 
     def _finish_sample(self) -> None:
         """Normalises the sampled prompts (float32, for the similarity products) and bins their
-        element errors, a block of rows at a time so that wide embeddings need little memory."""
+        element errors: in one compiled pass, or in numpy a block of rows at a time so that wide
+        embeddings need little memory."""
         if self._normalised is not None:
             return
         raw_a = np.concatenate(self.sampled_a or [np.empty((0, self.dim), np.float32)])
         raw_b = np.concatenate(self.sampled_b or [np.empty((0, self.dim), np.float32)])
         self.sampled_a, self.sampled_b = [], []  # the raw rows are in raw_a, raw_b now
         an, bn = np.empty(raw_a.shape, np.float32), np.empty(raw_b.shape, np.float32)
+        if _kernels is not None and raw_a.dtype == raw_b.dtype == np.float32:  # 1.5 ms against 3.5 for 512 x 768
+            self._max_error, self._histogram_prompts = _kernels.sample_rows(raw_a, raw_b, an, bn, self._fine)
+            self._normalised = an, bn
+            return
         block = max(1, (1 << 18) // max(self.dim, 1))
         for start in range(0, len(raw_a), block):
             rows = slice(start, start + block)
