@@ -189,3 +189,25 @@ def test_the_per_position_detail_lists_prompts_in_order_when_they_are_measured_b
     for p in range(5):  # each prompt's values are those it has on its own
         alone = position_detail([recs_a[p]], [recs_b[p]], forced=True)
         assert detail["kl"][5 * p:5 * p + 5] == pytest.approx(alone["kl"], rel=1e-12)
+
+
+def test_nan_and_inf_logprobs_are_counted_in_every_row_compared_or_not(full_pair):
+    """The kernel counts each run's NaN and infinite logprobs for the diff's note, in all rows:
+    also those after a greedy divergence, which are not compared."""
+    from compare_server.metrics.logprobs import LogprobComparison
+    from proto.codec import decode, decode_stacked, encode
+
+    la, lb = full_pair
+    recs_a = [_record(np.roll(la, i, axis=0), 6) for i in range(4)]
+    recs_b = [_record(np.roll(lb, i, axis=0), 6) for i in range(4)]
+    recs_b[1]["token_ids"][1:] += 1  # diverges at the second position: rows 2-4 are not compared
+    recs_b[1]["topk_logprobs"][3, 2] = np.nan  # after the divergence
+    recs_b[2]["topk_logprobs"][0, 5] = -np.inf
+    recs_a[3]["topk_logprobs"][4, 0] = np.inf
+    blobs_a, blobs_b = [encode(r) for r in recs_a], [encode(r) for r in recs_b]
+    block = LogprobComparison(forced=False)
+    block.add(decode_stacked(blobs_a, "logprobs"), decode_stacked(blobs_b, "logprobs"))
+    one_by_one = LogprobComparison(forced=False)
+    one_by_one.add([decode(b) for b in blobs_a], [decode(b) for b in blobs_b])
+    (_, summary), (_, expected) = block.result(), one_by_one.result()
+    assert (summary["nonfinite_a"], summary["nonfinite_b"]) == (expected["nonfinite_a"], expected["nonfinite_b"]) == (1, 2)

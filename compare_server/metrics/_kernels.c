@@ -544,12 +544,33 @@ static inline void block_means(const double *rows, Py_ssize_t count, double *mea
 #define CLONED
 #endif
 
-/* Every block's positions into out, each block's means into means[n, 8]; returns how many rows
- * were out of order. */
+/* How many of count floats are NaN or infinite. */
+static inline Py_ssize_t nonfinite_floats(const float *x, Py_ssize_t count) {
+    Py_ssize_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+    for (Py_ssize_t j = 0; j < count; j++)
+        bad += !(x[j] < INFINITY && x[j] > -INFINITY);
+    return bad;
+}
+
+/* How many of block i's logprobs in view x, all its T rows whether compared or not, are NaN or
+ * infinite (what a diff reports of each run). */
+static inline Py_ssize_t block_nonfinite(const Py_buffer *x, Py_ssize_t i, int k) {
+    const char *start = (const char *)x->buf + i * x->strides[0];
+    if (x->strides[1] == k * (Py_ssize_t)sizeof(float))
+        return nonfinite_floats((const float *)start, x->shape[1] * k);
+    Py_ssize_t bad = 0;
+    for (Py_ssize_t r = 0; r < x->shape[1]; r++)
+        bad += nonfinite_floats((const float *)(start + r * x->strides[1]), k);
+    return bad;
+}
+
+/* Every block's positions into out, each block's means into means[n, 8], and how many of each
+ * run's logprobs are NaN or infinite into nonfinite[2]; returns how many rows were out of order. */
 static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_buffer *v, Py_ssize_t n,
                                                                            const long long *counts, int k, double *out,
-                                                                           double *means, double *scratch,
-                                                                           int *iscratch) {
+                                                                           double *means, Py_ssize_t *nonfinite,
+                                                                           double *scratch, int *iscratch) {
     Py_ssize_t unsorted = 0;
     Py_ssize_t group = GROUP_ROWS(k);
     double *ta = scratch, *tb = ta + group * k, *lbk = tb + group * k, *rest = lbk + group * k;
@@ -571,6 +592,8 @@ static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_bu
 #undef ROW
         }
         block_means(block, counts[i], means + 8 * i);
+        nonfinite[0] += block_nonfinite(&v[1], i, k);
+        nonfinite[1] += block_nonfinite(&v[3], i, k);
     }
     return unsorted;
 }
@@ -580,18 +603,20 @@ static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_bu
 #define AGENT_TOP_K 20
 
 CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *counts, int k, double *out,
-                                   double *means, double *scratch, int *iscratch) {
+                                   double *means, Py_ssize_t *nonfinite, double *scratch, int *iscratch) {
     if (k == AGENT_TOP_K)
-        return positions_of_width(v, n, counts, AGENT_TOP_K, out, means, scratch, iscratch);
-    return positions_of_width(v, n, counts, k, out, means, scratch, iscratch);
+        return positions_of_width(v, n, counts, AGENT_TOP_K, out, means, nonfinite, scratch, iscratch);
+    return positions_of_width(v, n, counts, k, out, means, nonfinite, scratch, iscratch);
 }
 
 /* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out, means): ids int64 and logprobs float32
  * [n, T, K], each row sorted most likely first (as records carry them), rows contiguous, any other
  * strides (strided views of record bytes); counts int64 [n]: block i's compared positions are its
  * first counts[i]; out float64 [sum(counts), 8], C-contiguous, filled block after block; means
- * float64 [n, 8]: each block's mean of its finite values (NaN for none). Returns how many rows are
- * out of order: their values are not the metrics (sort them and call again). */
+ * float64 [n, 8]: each block's mean of its finite values (NaN for none). Returns (unsorted,
+ * nonfinite_a, nonfinite_b): how many rows are out of order (their values are not the metrics:
+ * sort them and call again), and how many of each run's logprobs, in all T rows, are NaN or
+ * infinite. */
 static PyObject *position_rows(PyObject *self, PyObject *args) {
     PyObject *objs[7];
     Py_buffer v[7];
@@ -638,15 +663,15 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto fail;
     }
-    Py_ssize_t unsorted;
+    Py_ssize_t unsorted, nonfinite[2] = {0, 0};
     Py_BEGIN_ALLOW_THREADS
-    unsorted = positions(v, n, counts, (int)k, v[5].buf, v[6].buf, scratch, iscratch);
+    unsorted = positions(v, n, counts, (int)k, v[5].buf, v[6].buf, nonfinite, scratch, iscratch);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     PyMem_RawFree(iscratch);
     for (int i = 0; i < 7; i++)
         PyBuffer_Release(&v[i]);
-    return PyLong_FromSsize_t(unsorted);
+    return Py_BuildValue("nnn", unsorted, nonfinite[0], nonfinite[1]);
 fail:
     for (int i = 0; i < got; i++)
         PyBuffer_Release(&v[i]);

@@ -195,6 +195,7 @@ class Measured:
     values: dict[str, np.ndarray]  # name: [P], the positions in order
     means: dict[str, np.ndarray]  # name: [n], each block's mean of its finite values (NaN for none)
     unsorted: int
+    nonfinite: tuple[int, int]  # NaN or infinite logprobs in each run's blocks, all T rows of them
 
 
 def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np.ndarray]:
@@ -211,11 +212,11 @@ def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
         return _measure_numpy(pos)
     out, means = np.empty((rows, len(POSITION_METRICS))), np.empty((len(pos.counts), len(POSITION_METRICS)))
     arrays = (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts)
-    unsorted = []
+    found = []  # (unsorted, nonfinite_a, nonfinite_b) of each part
 
     def compute(first: int, last: int):  # blocks [first, last)
         start, stop = int(ends[first - 1]) if first else 0, int(ends[last - 1])
-        unsorted.append(_kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop], means[first:last]))
+        found.append(_kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop], means[first:last]))
 
     threads = min(threads or os.cpu_count() or 1, KERNEL_THREADS, max(1, rows // KERNEL_PART))
     # Block boundaries that cut the rows into about equal parts (a block is never split).
@@ -226,15 +227,17 @@ def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
     compute(cuts[0], cuts[1])
     for helper in helpers:
         helper.join()
+    unsorted, nonfinite_a, nonfinite_b = (sum(column) for column in zip(*found))
     return Measured({name: out[:, i] for i, name in enumerate(POSITION_METRICS)},
-                    {name: means[:, i] for i, name in enumerate(POSITION_METRICS)}, sum(unsorted))
+                    {name: means[:, i] for i, name in enumerate(POSITION_METRICS)}, unsorted, (nonfinite_a, nonfinite_b))
 
 
 def _measure_numpy(pos: Positions) -> Measured:
     values = position_metrics_numpy(pos)
     lp = (pos.rows(pos.lp_a), pos.rows(pos.lp_b))
     unsorted = sum(int((~(x[:, 1:] <= x[:, :-1])).any(axis=1).sum()) for x in lp)  # NaN counts as out of order
-    return Measured(values, {name: _per_prompt_mean(v, pos.counts) for name, v in values.items()}, unsorted)
+    return Measured(values, {name: _per_prompt_mean(v, pos.counts) for name, v in values.items()}, unsorted,
+                    (_nonfinite(pos.lp_a), _nonfinite(pos.lp_b)))
 
 
 def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
@@ -343,15 +346,17 @@ class LogprobComparison:
         # Greedy: positions after the first divergence have different prefixes and are not compared.
         lengths = np.full(n, t) if self.forced else np.where(divergence >= 0, divergence + 1, t)
         chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
+        nonfinite = None
         if lengths.any():
             measured = measure_positions(Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"],
                                                    b["topk_logprobs"]))
             if measured.unsorted:
                 return False
-            chunk = measured.means
+            chunk, nonfinite = measured.means, measured.nonfinite
             self._keep_detail(measured.values, np.arange(n), lengths)
-        self._append(chunk, divergence, lengths.tolist(), np.where(lengths > 0, k, 0).tolist(), None,
-                     _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"]))
+        if nonfinite is None:
+            nonfinite = _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"])
+        self._append(chunk, divergence, lengths.tolist(), np.where(lengths > 0, k, 0).tolist(), None, *nonfinite)
         return True
 
     def _add_records(self, records_a: list[dict], records_b: list[dict]) -> None:
