@@ -14,39 +14,62 @@
 
 #define EPS 1e-12 /* logprobs.EPS: the floor for probabilities in logs */
 
-static int get_view(PyObject *obj, Py_buffer *view, int flags, const char *format, int ndim, const char *what) {
-    if (PyObject_GetBuffer(obj, view, flags) < 0)
-        return -1;
-    if (view->ndim != ndim || strcmp(view->format, format) != 0) {
-        PyErr_Format(PyExc_TypeError, "%s: expected %d-D '%s' array, got %d-D '%s'", what, ndim, format, view->ndim,
-                     view->format);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 static int is_int64(const Py_buffer *v) { /* numpy writes int64 as 'l' on LP64 platforms, 'q' elsewhere */
     const char *f = v->format[0] == '<' || v->format[0] == '=' ? v->format + 1 : v->format;
     return v->itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0);
+}
+
+/* How a kernel's argument must look: its element type ('f' float32, 'd' float64, 'q' int64), its
+ * dimensions, and its layout: VIEW (any strides: views of record bytes), FLAT (C-contiguous) or OUT
+ * (C-contiguous and written). */
+enum layout { VIEW, FLAT, OUT };
+struct arg {
+    const char *name;
+    char type;
+    int ndim;
+    enum layout layout;
+};
+
+static void release_args(Py_buffer *v, int count) {
+    for (int i = 0; i < count; i++)
+        PyBuffer_Release(&v[i]);
+}
+
+/* The buffers of a kernel's count arguments, each checked against its spec; on failure none is
+ * held and the error names the argument. */
+static int get_args(PyObject *args, int count, const struct arg *spec, Py_buffer *v) {
+    if (PyTuple_GET_SIZE(args) != count) {
+        PyErr_Format(PyExc_TypeError, "expected %d arguments, got %zd", count, PyTuple_GET_SIZE(args));
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        int flags = spec[i].layout == VIEW ? PyBUF_RECORDS_RO
+                    : PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (spec[i].layout == OUT ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, i), &v[i], flags) < 0) {
+            release_args(v, i);
+            return -1;
+        }
+        const char *type = spec[i].type == 'q' ? "int64" : spec[i].type == 'd' ? "float64" : "float32";
+        int typed = spec[i].type == 'q' ? is_int64(&v[i]) : strcmp(v[i].format, spec[i].type == 'd' ? "d" : "f") == 0;
+        if (v[i].ndim != spec[i].ndim || !typed) {
+            PyErr_Format(PyExc_TypeError, "%s: expected a %d-D %s array, got %d-D '%s'", spec[i].name, spec[i].ndim,
+                         type, v[i].ndim, v[i].format);
+            release_args(v, i + 1);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* embed_rows(a, b, cos, mse, max_abs): per row of two [n, d] float32 arrays (rows contiguous), with
  * â = a/‖a‖: cos = â·b̂, mse = mean((â-b̂)²), max_abs = max|â-b̂|, into float64 [n] outputs.
  * Sums in double, as embeddings.normalise does; a NaN, an infinity or a zero row gives NaN. */
 static PyObject *embed_rows(PyObject *self, PyObject *args) {
-    PyObject *objs[5];
+    static const struct arg spec[5] = {
+        {"a", 'f', 2, VIEW}, {"b", 'f', 2, VIEW}, {"cos", 'd', 1, OUT}, {"mse", 'd', 1, OUT}, {"max_abs", 'd', 1, OUT}};
     Py_buffer v[5];
-    static const char *names[5] = {"a", "b", "cos", "mse", "max_abs"};
-    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4]))
+    if (get_args(args, 5, spec, v) < 0)
         return NULL;
-    int got = 0;
-    for (; got < 5; got++) {
-        int out = got >= 2;
-        int flags = out ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) : (PyBUF_RECORDS_RO);
-        if (get_view(objs[got], &v[got], flags, out ? "d" : "f", out ? 1 : 2, names[got]) < 0)
-            goto fail;
-    }
     Py_ssize_t n = v[0].shape[0], d = v[0].shape[1];
     if (v[1].shape[0] != n || v[1].shape[1] != d || v[2].shape[0] != n || v[3].shape[0] != n || v[4].shape[0] != n) {
         PyErr_SetString(PyExc_ValueError, "embed_rows: shapes differ");
@@ -83,12 +106,10 @@ static PyObject *embed_rows(PyObject *self, PyObject *args) {
         mx[i] = nan ? NAN : m;
     }
     Py_END_ALLOW_THREADS
-    for (int k = 0; k < 5; k++)
-        PyBuffer_Release(&v[k]);
+    release_args(v, 5);
     Py_RETURN_NONE;
 fail:
-    for (int k = 0; k < got; k++)
-        PyBuffer_Release(&v[k]);
+    release_args(v, 5);
     return NULL;
 }
 
@@ -98,24 +119,11 @@ fail:
  * fine[bins], bin min(error * bins / 2, bins - 1) (errors are at most 2). Returns the largest
  * finite error (0 for none) and how many rows had one. */
 static PyObject *sample_rows(PyObject *self, PyObject *args) {
-    PyObject *objs[5];
+    static const struct arg spec[5] = {
+        {"a", 'f', 2, VIEW}, {"b", 'f', 2, VIEW}, {"an", 'f', 2, OUT}, {"bn", 'f', 2, OUT}, {"fine", 'q', 1, OUT}};
     Py_buffer v[5];
-    static const char *names[5] = {"a", "b", "an", "bn", "fine"};
-    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4]))
+    if (get_args(args, 5, spec, v) < 0)
         return NULL;
-    int got = 0;
-    for (; got < 4; got++) {
-        int flags = got >= 2 ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) : PyBUF_RECORDS_RO;
-        if (get_view(objs[got], &v[got], flags, "f", 2, names[got]) < 0)
-            goto fail;
-    }
-    if (PyObject_GetBuffer(objs[4], &v[4], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
-        goto fail;
-    got++;
-    if (v[4].ndim != 1 || !is_int64(&v[4])) {
-        PyErr_SetString(PyExc_TypeError, "fine: expected a 1-D int64 array");
-        goto fail;
-    }
     Py_ssize_t n = v[0].shape[0], d = v[0].shape[1], bins = v[4].shape[0];
     for (int i = 0; i < 4; i++)
         if (v[i].shape[0] != n || v[i].shape[1] != d || v[i].strides[1] != sizeof(float)) {
@@ -157,12 +165,10 @@ static PyObject *sample_rows(PyObject *self, PyObject *args) {
         prompts += finite;
     }
     Py_END_ALLOW_THREADS
-    for (int k = 0; k < 5; k++)
-        PyBuffer_Release(&v[k]);
+    release_args(v, 5);
     return Py_BuildValue("dn", largest, prompts);
 fail:
-    for (int k = 0; k < got; k++)
-        PyBuffer_Release(&v[k]);
+    release_args(v, 5);
     return NULL;
 }
 
@@ -618,25 +624,12 @@ CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *
  * sort them and call again), and how many of each run's logprobs, in all T rows, are NaN or
  * infinite. */
 static PyObject *position_rows(PyObject *self, PyObject *args) {
-    PyObject *objs[7];
+    static const struct arg spec[7] = {{"ids_a", 'q', 3, VIEW}, {"lp_a", 'f', 3, VIEW}, {"ids_b", 'q', 3, VIEW},
+                                       {"lp_b", 'f', 3, VIEW},  {"counts", 'q', 1, FLAT}, {"out", 'd', 2, OUT},
+                                       {"means", 'd', 2, OUT}};
     Py_buffer v[7];
-    static const char *names[7] = {"ids_a", "lp_a", "ids_b", "lp_b", "counts", "out", "means"};
-    if (!PyArg_ParseTuple(args, "OOOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
+    if (get_args(args, 7, spec, v) < 0)
         return NULL;
-    int got = 0;
-    for (; got < 7; got++) {
-        int flags = got < 4 ? PyBUF_RECORDS_RO : PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got >= 5 ? PyBUF_WRITABLE : 0);
-        if (PyObject_GetBuffer(objs[got], &v[got], flags) < 0)
-            goto fail;
-        int ints = got == 0 || got == 2 || got == 4, ndim = got < 4 ? 3 : got == 4 ? 1 : 2;
-        int ok = v[got].ndim == ndim && (ints ? is_int64(&v[got]) : strcmp(v[got].format, got >= 5 ? "d" : "f") == 0);
-        if (!ok) {
-            PyErr_Format(PyExc_TypeError, "%s: expected a %d-D %s array, got %d-D '%s'", names[got], ndim,
-                         ints ? "int64" : got >= 5 ? "float64" : "float32", v[got].ndim, v[got].format);
-            got++;
-            goto fail;
-        }
-    }
     Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2], total = 0;
     const long long *counts = v[4].buf;
     for (int i = 0; i < 4; i++)
@@ -669,12 +662,10 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     PyMem_RawFree(iscratch);
-    for (int i = 0; i < 7; i++)
-        PyBuffer_Release(&v[i]);
+    release_args(v, 7);
     return Py_BuildValue("nnn", unsorted, nonfinite[0], nonfinite[1]);
 fail:
-    for (int i = 0; i < got; i++)
-        PyBuffer_Release(&v[i]);
+    release_args(v, 7);
     return NULL;
 }
 
