@@ -378,7 +378,7 @@ static inline __attribute__((always_inline)) int match_ids(const long long *ida,
 
 /* Scratch for positions(), for top-k width k: SCRATCH_DOUBLES(k) doubles, SCRATCH_INTS(k) ints. */
 #define GROUP_ROWS(k) ((k) >= GROUP_VALUES ? 1 : GROUP_VALUES / (k))
-#define SCRATCH_DOUBLES(k) (3 * (size_t)GROUP_ROWS(k) * (k) + 16 * (size_t)(k) + 16)
+#define SCRATCH_DOUBLES(k) (3 * (size_t)GROUP_ROWS(k) * (k) + 18 * (size_t)(k) + 40)
 #define SCRATCH_INTS(k) (5 * (size_t)(k) + 8)
 
 /* ta, tb: both rows' probabilities; lbk: Sb's logprobs as the union takes them (log(EPS) below EPS). */
@@ -402,20 +402,21 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
                                                            const double *lbk, double *out, double *scratch,
                                                            int *iscratch) {
     /* Columns: the union's m, the tail, and zeros up to a whole number of vectors. */
-    double *pa = scratch, *pb = pa + 2 * k + 4, *lpa = pb + 2 * k + 4, *lpb = lpa + 2 * k + 4;
-    double *rka = lpb + 2 * k + 4, *rkb = rka + 2 * k, *seq = rkb + 2 * k, *seq_rank = seq + 2 * k;
+    double *pa = scratch, *pb = pa + 2 * k + 8, *lpa = pb + 2 * k + 8, *lpb = lpa + 2 * k + 8, *lm = lpb + 2 * k + 8;
+    double *rka = lm + 2 * k + 8, *rkb = rka + 2 * k, *seq = rkb + 2 * k, *seq_rank = seq + 2 * k;
     int *match = iscratch, *b_in_a = match + k, *order = b_in_a + k;
-    int bad = 0, rising = 0;
-    double top_a = 0, top_b = 0;
-#pragma omp simd reduction(| : bad) reduction(+ : top_a, top_b)
-    for (int i = 0; i < k; i++) {
-        bad |= !(la[i] < INFINITY) | !(lb[i] < INFINITY); /* NaN or +inf: no probability */
+    /* Row checks and sums in one loop: a NaN or +inf is no probability (bad); a row that is not most
+     * likely first (or holds a NaN) is rising; equal neighbours are ties, which the ranks average. */
+    int bad = !(la[0] < INFINITY) | !(lb[0] < INFINITY), rising = 0, tied = 0;
+    double top_a = ta[0], top_b = tb[0];
+#pragma omp simd reduction(| : bad, rising, tied) reduction(+ : top_a, top_b)
+    for (int i = 1; i < k; i++) {
+        bad |= !(la[i] < INFINITY) | !(lb[i] < INFINITY);
+        rising |= !(la[i] <= la[i - 1]) | !(lb[i] <= lb[i - 1]);
+        tied |= (ta[i] == ta[i - 1]) | (tb[i] == tb[i - 1]);
         top_a += ta[i];
         top_b += tb[i];
     }
-#pragma omp simd reduction(| : rising)
-    for (int i = 1; i < k; i++)
-        rising |= !(la[i] <= la[i - 1]) | !(lb[i] <= lb[i - 1]);
     int distinct = match_ids(ida, idb, k, match, b_in_a, (uint32_t *)order), missing_a = 0, missing_b = 0;
 #pragma omp simd reduction(+ : missing_a, missing_b)
     for (int i = 0; i < k; i++) {
@@ -449,30 +450,34 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
             lpb[m] = lbk[j];
             m++;
         }
-    double sums[2] = {0, 0}, tails[2], log_tails[2];
-#pragma omp simd reduction(+ : sums[:2])
+    double sum_a = 0, sum_b = 0;
+#pragma omp simd reduction(+ : sum_a, sum_b)
     for (int c = 0; c < m; c++) {
-        sums[0] += pa[c];
-        sums[1] += pb[c];
+        sum_a += pa[c];
+        sum_b += pb[c];
+    }
+    double tail_a = 1.0 - sum_a > 0 ? 1.0 - sum_a : 0.0, tail_b = 1.0 - sum_b > 0 ? 1.0 - sum_b : 0.0;
+    /* Columns 0..m: the union and the tail, padded with zeros (which add nothing to any sum) to
+     * whole vectors; the logs' loop runs two columns further, to take the tails' own logs too. */
+    int width = (m + 4) & ~3, log_width = (m + 6) & ~3;
+    for (int c = m; c < log_width; c++) {
+        pa[c] = c == m ? tail_a : 0.0;
+        pb[c] = c == m ? tail_b : 0.0;
     }
 #pragma omp simd
-    for (int s = 0; s < 2; s++) {
-        tails[s] = 1.0 - sums[s] > 0 ? 1.0 - sums[s] : 0.0;
-        log_tails[s] = log_fast(tails[s] > EPS ? tails[s] : EPS);
+    for (int c = 0; c < log_width; c++) {
+        double x = c <= m ? 0.5 * (pa[c] + pb[c]) : c == m + 1 ? tail_a : tail_b;
+        lm[c] = log_fast(x > EPS ? x : EPS);
     }
-    int width = (m + 4) & ~3; /* m + 1 columns, padded with zeros, which add nothing to any sum */
     for (int c = m; c < width; c++) {
-        pa[c] = c == m ? tails[0] : 0.0;
-        pb[c] = c == m ? tails[1] : 0.0;
-        lpa[c] = c == m ? log_tails[0] : 0.0;
-        lpb[c] = c == m ? log_tails[1] : 0.0;
+        lpa[c] = c == m ? lm[m + 1] : 0.0;
+        lpb[c] = c == m ? lm[m + 2] : 0.0;
     }
     double dot = 0, aa = 0, bb = 0, kl = 0, js = 0, ae = 0, rel = 0;
     int rel_n = 0;
 #pragma omp simd reduction(+ : dot, aa, bb, kl, js, ae, rel, rel_n)
     for (int c = 0; c < width; c++) {
-        double p = pa[c], q = pb[c], lp = lpa[c], lq = lpb[c], mid = 0.5 * (p + q);
-        double lm = log_fast(mid > EPS ? mid : EPS);
+        double p = pa[c], q = pb[c], lp = lpa[c], lq = lpb[c], l = lm[c];
         int counted = (c < m) & (p > 0); /* relative error: over the union, where A gave mass */
         dot += p * q;
         aa += p * p;
@@ -481,12 +486,8 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         rel += counted ? fabs(p - q) / (p > 0 ? p : 1.0) : 0.0;
         rel_n += counted;
         kl += p > 0 ? p * (lp - lq) : 0.0;
-        js += (p > 0 ? 0.5 * p * (lp - lm) : 0.0) + (q > 0 ? 0.5 * q * (lq - lm) : 0.0);
+        js += (p > 0 ? 0.5 * p * (lp - l) : 0.0) + (q > 0 ? 0.5 * q * (lq - l) : 0.0);
     }
-    int tied = 0;
-#pragma omp simd reduction(| : tied)
-    for (int i = 1; i < k; i++)
-        tied |= (ta[i] == ta[i - 1]) | (tb[i] == tb[i - 1]);
     double spearman;
     if (!rising && distinct && !tied && m == k) {
         /* The same ids, no two equally likely: column i ranks k - i in A and k - match[i] in B, and
