@@ -308,8 +308,9 @@ static inline double fill(double top_sum, double last, int missing) {
  * to a vector instruction, against four for 64-bit ids) into a bit mask; the rare candidate whose
  * high bits differ is dropped after. */
 static inline __attribute__((always_inline)) int match_narrow(const long long *ida, const long long *idb, int k,
-                                                              int *match, int *b_in_a, uint32_t *low) {
-    int distinct = 1, padded = (k + 7) & ~7; /* whole vectors: no scalar remainder */
+                                                              int *match, int *b_in_a, int *missing,
+                                                              uint32_t *low) {
+    int distinct = 1, unmatched = 0, padded = (k + 7) & ~7; /* whole vectors: no scalar remainder */
     uint32_t taken = 0, within = k < 32 ? (1u << k) - 1 : ~0u;
 #pragma omp simd
     for (int j = 0; j < padded; j++)
@@ -331,20 +332,24 @@ static inline __attribute__((always_inline)) int match_narrow(const long long *i
         distinct &= (hits & (hits - 1)) == 0 && (hits & taken) == 0;
         taken |= hits;
         match[i] = hits ? __builtin_ctz(hits) : -1;
+        unmatched += !hits;
     }
     for (int j = 0; j < k; j++)
         b_in_a[j] = (taken >> j) & 1;
+    missing[0] = k - __builtin_popcount(taken);
+    missing[1] = unmatched;
     return distinct;
 }
 
 /* Where each of Sa's ids sits in Sb. match[i]: the first j with idb[j] == ida[i], or -1;
- * b_in_a[j]: whether idb[j] is in Sa. Returns whether no id is matched twice (Sa or Sb listing an
+ * b_in_a[j]: whether idb[j] is in Sa; missing[0]: how many of Sb's ids Sa lacks, missing[1]: how
+ * many of Sa's Sb lacks. Returns whether no id is matched twice (Sa or Sb listing an
  * id twice is bad input; the ranks then take the sorting path). Up to 32 ids (APIs cap top-k at
  * 20), match_narrow; wider lists are scanned id by id. */
 static inline __attribute__((always_inline)) int match_ids(const long long *ida, const long long *idb, int k,
-                                                           int *match, int *b_in_a, uint32_t *low) {
+                                                           int *match, int *b_in_a, int *missing, uint32_t *low) {
     if (k <= 32)
-        return match_narrow(ida, idb, k, match, b_in_a, low);
+        return match_narrow(ida, idb, k, match, b_in_a, missing, low);
     int distinct = 1;
     for (int j = 0; j < k; j++)
         b_in_a[j] = 0;
@@ -368,6 +373,11 @@ static inline __attribute__((always_inline)) int match_ids(const long long *ida,
                     distinct = 0;
                     break;
                 }
+    missing[0] = missing[1] = 0;
+    for (int j = 0; j < k; j++) {
+        missing[0] += !b_in_a[j];
+        missing[1] += match[j] < 0;
+    }
     return distinct;
 }
 
@@ -417,12 +427,8 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         top_a += ta[i];
         top_b += tb[i];
     }
-    int distinct = match_ids(ida, idb, k, match, b_in_a, (uint32_t *)order), missing_a = 0, missing_b = 0;
-#pragma omp simd reduction(+ : missing_a, missing_b)
-    for (int i = 0; i < k; i++) {
-        missing_b += match[i] < 0;
-        missing_a += !b_in_a[i];
-    }
+    int missing[2], distinct = match_ids(ida, idb, k, match, b_in_a, missing, (uint32_t *)order);
+    int missing_a = missing[0], missing_b = missing[1];
     /* An id one run's top-k lacks gets min(its K-th probability, its left-over mass / missing). */
     double fills[2] = {fill(top_a, ta[k - 1], missing_a), fill(top_b, tb[k - 1], missing_b)}, log_fills[2] = {0, 0};
     if (missing_a || missing_b) {
@@ -430,9 +436,10 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         for (int s = 0; s < 2; s++)
             log_fills[s] = log_fast(fills[s] > EPS ? fills[s] : EPS);
     }
-    double fa = fills[0], fb = fills[1], log_fa = log_fills[0], log_fb = log_fills[1];
-    /* The union: Sa's ids in Sa's order, then Sb's ids that Sa lacks; column m is the tail. */
-#pragma omp simd
+    double fa = fills[0], fb = fills[1], log_fa = log_fills[0], log_fb = log_fills[1], d2 = 0;
+    /* The union: Sa's ids in Sa's order, then Sb's ids that Sa lacks; column m is the tail. d2 is
+     * Spearman's sum of squared rank differences when Sa and Sb hold the same ids. */
+#pragma omp simd reduction(+ : d2)
     for (int i = 0; i < k; i++) {
         int j = match[i] < 0 ? 0 : match[i];
         double p = tb[j], lp = lbk[j]; /* read whether matched or not: no masked gather */
@@ -440,6 +447,7 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         lpa[i] = ta[i] > EPS ? la[i] : LOG_EPS;
         pb[i] = match[i] < 0 ? fb : p;
         lpb[i] = match[i] < 0 ? log_fb : lp;
+        d2 += (double)(j - i) * (j - i);
     }
     int m = k;
     for (int j = 0; missing_a && j < k; j++)
@@ -492,11 +500,7 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
     if (!rising && distinct && !tied && m == k) {
         /* The same ids, no two equally likely: column i ranks k - i in A and k - match[i] in B, and
          * Pearson's r of distinct ranks is 1 - 6 sum(d^2) / (k (k^2 - 1)). */
-        long long d2 = 0;
-#pragma omp simd reduction(+ : d2)
-        for (int i = 0; i < k; i++)
-            d2 += (long long)(match[i] - i) * (match[i] - i);
-        spearman = k > 1 ? 1.0 - 6.0 * (double)d2 / ((double)k * ((double)k * k - 1)) : NAN;
+        spearman = k > 1 ? 1.0 - 6.0 * d2 / ((double)k * ((double)k * k - 1)) : NAN;
     } else if (!rising && distinct) {
         /* No sort needed. pa is descending as built: Sa's probabilities, then fills no larger than
          * the K-th. pb holds Sb's probabilities plus as many fills, so its values in descending
