@@ -7,7 +7,8 @@ import pytest
 
 from compare_server.metrics.embeddings import row_metrics, row_metrics_numpy
 from compare_server.metrics.kernels import _kernels
-from compare_server.metrics.logprobs import POSITION_METRICS, Positions, position_metrics, position_metrics_numpy
+from compare_server.metrics.logprobs import (POSITION_METRICS, Positions, measure_positions, position_metrics,
+                                             position_metrics_numpy)
 
 
 def test_the_kernels_were_built_by_the_install():
@@ -147,23 +148,35 @@ def test_positions_read_blocks_of_record_bytes_up_to_each_prompts_count():
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-def test_positions_split_over_several_cores_give_the_single_core_values():
-    """A large chunk is cut into parts at block boundaries, one core each; blocks with nothing to
-    compare and uneven blocks must not shift a row."""
+def test_positions_shared_among_threads_give_the_single_thread_values_means_and_counts():
+    """A large chunk's blocks are shared among the kernel's threads, each taking the next few:
+    blocks with nothing to compare and uneven blocks must not shift a row, and each block's means
+    and the NaN and out-of-order counts must add up the same."""
     rng = np.random.default_rng(11)
     n, t, k = 800, 40, 6
     logits = rng.normal(scale=3.0, size=(n * t, 25))
     la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.3, size=la.shape), k)
+    lp_b[rng.integers(0, n * t, size=30), 2] = np.nan
     counts = rng.integers(0, t + 1, size=n)
     counts[:20] = 0
     pos = Positions(counts, *(x.reshape(n, t, k) for x in (ids_a, lp_a, ids_b, lp_b)))
-    assert counts.sum() > 3 * 4096  # enough rows for several parts
-    one = position_metrics(pos, threads=1)
+    assert counts.sum() > 3 * 4096  # enough rows for several threads
+    one = measure_positions(pos, threads=1)
+    assert one.nonfinite == (0, 30) and one.unsorted > 0
     for threads in (2, 3, 5):
-        split = position_metrics(pos, threads=threads)
+        split = measure_positions(pos, threads=threads)
+        assert (split.unsorted, split.nonfinite) == (one.unsorted, one.nonfinite)
         for name in POSITION_METRICS:
-            np.testing.assert_array_equal(split[name], one[name], err_msg=f"{name}, {threads} threads")
+            np.testing.assert_array_equal(split.values[name], one.values[name], err_msg=f"{name}, {threads} threads")
+            np.testing.assert_array_equal(split.means[name], one.means[name], err_msg=f"{name}, {threads} threads")
+
+
+def test_the_position_kernel_refuses_a_thread_count_out_of_range():
+    x = np.zeros((1, 1, 2), np.int64), np.zeros((1, 1, 2), np.float32)
+    for threads in (0, 65):
+        with pytest.raises(ValueError, match="threads must be 1 to 64"):
+            _kernels.position_rows(*x, *x, np.ones(1, np.int64), np.empty((1, 8)), np.empty((1, 8)), threads)
 
 
 @pytest.mark.parametrize("shuffled", [False, True])

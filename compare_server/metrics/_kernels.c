@@ -11,6 +11,10 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define HAVE_PTHREADS 1
+#endif
 
 #define EPS 1e-12 /* logprobs.EPS: the floor for probabilities in logs */
 
@@ -390,6 +394,7 @@ static inline __attribute__((always_inline)) int match_ids(const long long *ida,
 #define GROUP_ROWS(k) ((k) >= GROUP_VALUES ? 1 : GROUP_VALUES / (k))
 #define SCRATCH_DOUBLES(k) (3 * (size_t)GROUP_ROWS(k) * (k) + 18 * (size_t)(k) + 40)
 #define SCRATCH_INTS(k) (5 * (size_t)(k) + 8)
+#define KERNEL_THREADS_MAX 64 /* threads one position_rows call may use */
 
 /* ta, tb: both rows' probabilities; lbk: Sb's logprobs as the union takes them (log(EPS) below EPS). */
 static inline __attribute__((always_inline)) void probabilities(const float *la, const float *lb, Py_ssize_t count,
@@ -576,22 +581,24 @@ static inline Py_ssize_t block_nonfinite(const Py_buffer *x, Py_ssize_t i, int k
     return bad;
 }
 
-/* Every block's positions into out, each block's means into means[n, 8], and how many of each
- * run's logprobs are NaN or infinite into nonfinite[2]; returns how many rows were out of order. */
-static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_buffer *v, Py_ssize_t n,
-                                                                           const long long *counts, int k, double *out,
-                                                                           double *means, Py_ssize_t *nonfinite,
-                                                                           double *scratch, int *iscratch) {
+/* Blocks [first, last): their positions into out (from block first's first row), each block's
+ * means into means[i], and how many of each run's logprobs are NaN or infinite into nonfinite[2];
+ * returns how many rows were out of order. */
+static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_buffer *v, Py_ssize_t first,
+                                                                           Py_ssize_t last, const long long *counts,
+                                                                           int k, double *out, double *means,
+                                                                           Py_ssize_t *nonfinite, double *scratch,
+                                                                           int *iscratch) {
     Py_ssize_t unsorted = 0;
     Py_ssize_t group = GROUP_ROWS(k);
     double *ta = scratch, *tb = ta + group * k, *lbk = tb + group * k, *rest = lbk + group * k;
     /* Rows of one record lie one after another: their probabilities are one loop. */
     int joined = v[1].strides[1] == k * (Py_ssize_t)sizeof(float) && v[3].strides[1] == k * (Py_ssize_t)sizeof(float);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = first; i < last; i++) {
         double *block = out;
-        for (Py_ssize_t first = 0; first < counts[i]; first += group) {
-            Py_ssize_t rows = counts[i] - first < group ? counts[i] - first : group;
-#define ROW(x, type, r) ((const type *)((const char *)v[x].buf + i * v[x].strides[0] + (first + (r)) * v[x].strides[1]))
+        for (Py_ssize_t row = 0; row < counts[i]; row += group) {
+            Py_ssize_t rows = counts[i] - row < group ? counts[i] - row : group;
+#define ROW(x, type, r) ((const type *)((const char *)v[x].buf + i * v[x].strides[0] + (row + (r)) * v[x].strides[1]))
             if (joined)
                 probabilities(ROW(1, float, 0), ROW(3, float, 0), rows * k, ta, tb, lbk);
             else
@@ -613,18 +620,71 @@ static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_bu
  * whose loops have a known length (0.44 µs a position against 0.47). */
 #define AGENT_TOP_K 20
 
-CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t n, const long long *counts, int k, double *out,
-                                   double *means, Py_ssize_t *nonfinite, double *scratch, int *iscratch) {
+CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t first, Py_ssize_t last, const long long *counts, int k,
+                                   double *out, double *means, Py_ssize_t *nonfinite, double *scratch, int *iscratch) {
     if (k == AGENT_TOP_K)
-        return positions_of_width(v, n, counts, AGENT_TOP_K, out, means, nonfinite, scratch, iscratch);
-    return positions_of_width(v, n, counts, k, out, means, nonfinite, scratch, iscratch);
+        return positions_of_width(v, first, last, counts, AGENT_TOP_K, out, means, nonfinite, scratch, iscratch);
+    return positions_of_width(v, first, last, counts, k, out, means, nonfinite, scratch, iscratch);
 }
 
-/* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out, means): ids int64 and logprobs float32
- * [n, T, K], each row sorted most likely first (as records carry them), rows contiguous, any other
- * strides (strided views of record bytes); counts int64 [n]: block i's compared positions are its
- * first counts[i]; out float64 [sum(counts), 8], C-contiguous, filled block after block; means
- * float64 [n, 8]: each block's mean of its finite values (NaN for none). Returns (unsorted,
+/* One position_rows call, shared by its threads: each takes the next `claim` blocks until none
+ * are left, so a thread the OS runs less (the diff's reader shares the cores) simply takes fewer. */
+struct job {
+    Py_buffer *v;
+    Py_ssize_t n, claim, next; /* next: the first block no thread has taken */
+    const long long *counts;
+    const Py_ssize_t *starts; /* block i's first row in out */
+    int k;
+    double *out, *means;
+};
+
+struct worker {
+    struct job *job;
+    double *scratch;
+    int *iscratch;
+    Py_ssize_t unsorted, nonfinite[2];
+};
+
+static void *work(void *arg) {
+    struct worker *w = arg;
+    struct job *job = w->job;
+    for (;;) {
+        Py_ssize_t first = __atomic_fetch_add(&job->next, job->claim, __ATOMIC_RELAXED);
+        if (first >= job->n)
+            return NULL;
+        Py_ssize_t last = first + job->claim < job->n ? first + job->claim : job->n;
+        w->unsorted += positions(job->v, first, last, job->counts, job->k, job->out + 8 * job->starts[first],
+                                 job->means, w->nonfinite, w->scratch, w->iscratch);
+    }
+}
+
+/* Runs job on up to `threads` threads, the calling one included (the GIL released throughout);
+ * returns how many ran, their results in workers[0..]. A thread that cannot be started leaves its
+ * share to the others. */
+static int run_job(struct job *job, struct worker *workers, int threads) {
+    int started = 1;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_PTHREADS
+    pthread_t ids[KERNEL_THREADS_MAX];
+    for (int t = 1; t < threads; t++, started++)
+        if (pthread_create(&ids[t], NULL, work, &workers[t]) != 0)
+            break;
+#endif
+    work(&workers[0]);
+#ifdef HAVE_PTHREADS
+    for (int t = 1; t < started; t++)
+        pthread_join(ids[t], NULL);
+#endif
+    Py_END_ALLOW_THREADS
+    return started;
+}
+
+/* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out, means, threads): ids int64 and logprobs
+ * float32 [n, T, K], each row sorted most likely first (as records carry them), rows contiguous,
+ * any other strides (strided views of record bytes); counts int64 [n]: block i's compared
+ * positions are its first counts[i]; out float64 [sum(counts), 8], C-contiguous, filled block
+ * after block; means float64 [n, 8]: each block's mean of its finite values (NaN for none);
+ * threads: how many threads share the blocks (1 to KERNEL_THREADS_MAX). Returns (unsorted,
  * nonfinite_a, nonfinite_b): how many rows are out of order (their values are not the metrics:
  * sort them and call again), and how many of each run's logprobs, in all T rows, are NaN or
  * infinite. */
@@ -632,8 +692,22 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     static const struct arg spec[7] = {{"ids_a", 'q', 3, VIEW}, {"lp_a", 'f', 3, VIEW}, {"ids_b", 'q', 3, VIEW},
                                        {"lp_b", 'f', 3, VIEW},  {"counts", 'q', 1, FLAT}, {"out", 'd', 2, OUT},
                                        {"means", 'd', 2, OUT}};
+    if (PyTuple_GET_SIZE(args) != 8) {
+        PyErr_Format(PyExc_TypeError, "expected 8 arguments, got %zd", PyTuple_GET_SIZE(args));
+        return NULL;
+    }
+    long threads = PyLong_AsLong(PyTuple_GET_ITEM(args, 7));
+    if (threads == -1 && PyErr_Occurred())
+        return NULL;
+    if (threads < 1 || threads > KERNEL_THREADS_MAX) {
+        PyErr_Format(PyExc_ValueError, "position_rows: threads must be 1 to %d", KERNEL_THREADS_MAX);
+        return NULL;
+    }
+    PyObject *buffers = PyTuple_GetSlice(args, 0, 7);
     Py_buffer v[7];
-    if (get_args(args, 7, spec, v) < 0)
+    int got = buffers ? get_args(buffers, 7, spec, v) : -1;
+    Py_XDECREF(buffers);
+    if (got < 0)
         return NULL;
     Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2], total = 0;
     const long long *counts = v[4].buf;
@@ -653,18 +727,32 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
                         "position_rows: counts must be [n] within 0..T, out [sum(counts), 8], means [n, 8], K at least 1");
         goto fail;
     }
-    double *scratch = PyMem_RawMalloc(sizeof(double) * SCRATCH_DOUBLES(k));
-    int *iscratch = PyMem_RawMalloc(sizeof(int) * SCRATCH_INTS(k));
-    if (!scratch || !iscratch) {
+    struct worker workers[KERNEL_THREADS_MAX] = {{0}};
+    Py_ssize_t *starts = PyMem_RawMalloc(sizeof(Py_ssize_t) * (n + 1));
+    double *scratch = PyMem_RawMalloc(sizeof(double) * SCRATCH_DOUBLES(k) * threads);
+    int *iscratch = PyMem_RawMalloc(sizeof(int) * SCRATCH_INTS(k) * threads);
+    if (!starts || !scratch || !iscratch) {
+        PyMem_RawFree(starts);
         PyMem_RawFree(scratch);
         PyMem_RawFree(iscratch);
         PyErr_NoMemory();
         goto fail;
     }
-    Py_ssize_t unsorted, nonfinite[2] = {0, 0};
-    Py_BEGIN_ALLOW_THREADS
-    unsorted = positions(v, n, counts, (int)k, v[5].buf, v[6].buf, nonfinite, scratch, iscratch);
-    Py_END_ALLOW_THREADS
+    starts[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        starts[i + 1] = starts[i] + counts[i];
+    /* Claims of about 2,048 positions: few enough atomic operations, small enough to even out. */
+    struct job job = {v, n, t > 2048 ? 1 : 2048 / (t > 0 ? t : 1), 0, counts, starts, (int)k, v[5].buf, v[6].buf};
+    for (int w = 0; w < threads; w++)
+        workers[w] = (struct worker){&job, scratch + w * SCRATCH_DOUBLES(k), iscratch + w * SCRATCH_INTS(k), 0, {0, 0}};
+    int ran = run_job(&job, workers, (int)threads);
+    Py_ssize_t unsorted = 0, nonfinite[2] = {0, 0};
+    for (int w = 0; w < ran; w++) {
+        unsorted += workers[w].unsorted;
+        nonfinite[0] += workers[w].nonfinite[0];
+        nonfinite[1] += workers[w].nonfinite[1];
+    }
+    PyMem_RawFree(starts);
     PyMem_RawFree(scratch);
     PyMem_RawFree(iscratch);
     release_args(v, 7);

@@ -15,7 +15,6 @@ what remains. With K equal to the vocabulary size this is exactly the full-distr
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +24,7 @@ from compare_server.metrics.kernels import _kernels
 # KL and relative error need a floor for probabilities a run gave (almost) nothing.
 EPS = 1e-12
 
-# The kernel's work is split across cores in parts of at least this many positions, on at most
-# KERNEL_THREADS cores.
+# The kernel shares its work among up to KERNEL_THREADS threads, one per KERNEL_PART positions.
 KERNEL_PART = 4096
 KERNEL_THREADS = 8
 
@@ -204,30 +202,16 @@ def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np
 
 
 def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
-    """The compiled kernel, else numpy. The kernel releases the GIL, so a large input is split over
-    `threads` cores (default: the machine's, up to KERNEL_THREADS)."""
+    """The compiled kernel, else numpy. The kernel releases the GIL and shares a large input's
+    blocks among `threads` threads of its own (default: the machine's cores, up to KERNEL_THREADS)."""
     ends = np.cumsum(pos.counts)
     rows = int(ends[-1]) if len(ends) else 0
     if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
         return _measure_numpy(pos)
     out, means = np.empty((rows, len(POSITION_METRICS))), np.empty((len(pos.counts), len(POSITION_METRICS)))
-    arrays = (pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts)
-    found = []  # (unsorted, nonfinite_a, nonfinite_b) of each part
-
-    def compute(first: int, last: int):  # blocks [first, last)
-        start, stop = int(ends[first - 1]) if first else 0, int(ends[last - 1])
-        found.append(_kernels.position_rows(*(x[first:last] for x in arrays), out[start:stop], means[first:last]))
-
     threads = min(threads or os.cpu_count() or 1, KERNEL_THREADS, max(1, rows // KERNEL_PART))
-    # Block boundaries that cut the rows into about equal parts (a block is never split).
-    cuts = sorted({0, len(ends), *(int(np.searchsorted(ends, rows * p // threads)) + 1 for p in range(1, threads))})
-    helpers = [threading.Thread(target=compute, args=part) for part in zip(cuts[1:-1], cuts[2:])]
-    for helper in helpers:
-        helper.start()
-    compute(cuts[0], cuts[1])
-    for helper in helpers:
-        helper.join()
-    unsorted, nonfinite_a, nonfinite_b = (sum(column) for column in zip(*found))
+    unsorted, nonfinite_a, nonfinite_b = _kernels.position_rows(pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts,
+                                                                out, means, threads)
     return Measured({name: out[:, i] for i, name in enumerate(POSITION_METRICS)},
                     {name: means[:, i] for i, name in enumerate(POSITION_METRICS)}, unsorted, (nonfinite_a, nonfinite_b))
 
