@@ -709,38 +709,37 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     Py_XDECREF(buffers);
     if (got < 0)
         return NULL;
-    Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2], total = 0;
+    Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2];
     const long long *counts = v[4].buf;
+    Py_ssize_t *starts = PyMem_RawMalloc(sizeof(Py_ssize_t) * (n + 1)); /* block i's first row in out */
+    if (!starts) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    starts[0] = 0;
     for (int i = 0; i < 4; i++)
         if (v[i].shape[0] != n || v[i].shape[1] != t || v[i].shape[2] != k || v[i].strides[2] != v[i].itemsize) {
             PyErr_SetString(PyExc_ValueError, "position_rows: inputs differ in shape or their rows are not contiguous");
             goto fail;
         }
-    for (Py_ssize_t i = 0; i < n && v[4].shape[0] == n; i++) {
-        if (counts[i] < 0 || counts[i] > t)
-            break;
-        total += counts[i];
-    }
-    if (v[4].shape[0] != n || v[5].shape[0] != total || v[5].shape[1] != 8 || v[6].shape[0] != n || v[6].shape[1] != 8 ||
-        k < 1 || k > 1 << 20) {
+    Py_ssize_t i = 0;
+    for (; i < n && v[4].shape[0] == n && counts[i] >= 0 && counts[i] <= t; i++)
+        starts[i + 1] = starts[i] + counts[i];
+    if (i < n || v[4].shape[0] != n || v[5].shape[0] != starts[n] || v[5].shape[1] != 8 || v[6].shape[0] != n ||
+        v[6].shape[1] != 8 || k < 1 || k > 1 << 20) {
         PyErr_SetString(PyExc_ValueError,
                         "position_rows: counts must be [n] within 0..T, out [sum(counts), 8], means [n, 8], K at least 1");
         goto fail;
     }
     struct worker workers[KERNEL_THREADS_MAX] = {{0}};
-    Py_ssize_t *starts = PyMem_RawMalloc(sizeof(Py_ssize_t) * (n + 1));
     double *scratch = PyMem_RawMalloc(sizeof(double) * SCRATCH_DOUBLES(k) * threads);
     int *iscratch = PyMem_RawMalloc(sizeof(int) * SCRATCH_INTS(k) * threads);
-    if (!starts || !scratch || !iscratch) {
-        PyMem_RawFree(starts);
+    if (!scratch || !iscratch) {
         PyMem_RawFree(scratch);
         PyMem_RawFree(iscratch);
         PyErr_NoMemory();
         goto fail;
     }
-    starts[0] = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        starts[i + 1] = starts[i] + counts[i];
     /* Claims of about 2,048 positions: few enough atomic operations, small enough to even out. */
     struct job job = {v, n, t > 2048 ? 1 : 2048 / (t > 0 ? t : 1), 0, counts, starts, (int)k, v[5].buf, v[6].buf};
     for (int w = 0; w < threads; w++)
@@ -758,6 +757,7 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     release_args(v, 7);
     return Py_BuildValue("nnn", unsorted, nonfinite[0], nonfinite[1]);
 fail:
+    PyMem_RawFree(starts);
     release_args(v, 7);
     return NULL;
 }

@@ -204,8 +204,7 @@ def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np
 def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
     """The compiled kernel, else numpy. The kernel releases the GIL and shares a large input's
     blocks among `threads` threads of its own (default: the machine's cores, up to KERNEL_THREADS)."""
-    ends = np.cumsum(pos.counts)
-    rows = int(ends[-1]) if len(ends) else 0
+    rows = int(pos.counts.sum())
     if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
         return _measure_numpy(pos)
     out, means = np.empty((rows, len(POSITION_METRICS))), np.empty((len(pos.counts), len(POSITION_METRICS)))
