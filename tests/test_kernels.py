@@ -2,6 +2,10 @@
 disjoint and identical top-k sets, and on NaN, infinities and zero rows. `make test` builds them,
 so a missing kernel is a failure here, not a silent fall back to numpy."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -105,6 +109,20 @@ def test_positions_match_the_numpy_reference_from_certainty_down_to_underflow(k)
     ids = np.tile(np.arange(k, dtype=np.int64), (900, 1))
     lp_a, lp_b = (-np.sort(-x, axis=1).astype(np.float32) for x in (la, lb))
     _assert_same(_positions(ids, lp_a, ids, lp_b))
+
+
+def test_the_portable_code_gives_the_numpy_values_where_avx2_would_run():
+    """Where the CPU has AVX2, the kernel's hottest loop runs hand-vectorised code; CMP_KERNELS=portable
+    turns it off. The reference checks above, run again that way, cover the code other CPUs run."""
+    env = {**os.environ, "CMP_KERNELS": "portable"}
+    isa = subprocess.run([sys.executable, "-c", "from compare_server.metrics import _kernels; print(_kernels.ISA)"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert isa.stdout.strip() == "portable"
+    checks = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "match_the_numpy_reference or match_on_ties or low_32_bits"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert checks.returncode == 0, checks.stdout[-3000:]
+    assert " passed" in checks.stdout and " failed" not in checks.stdout
 
 
 def test_ids_equal_in_their_low_32_bits_are_still_different_ids():
