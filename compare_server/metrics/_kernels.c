@@ -436,9 +436,10 @@ __attribute__((target("avx2,fma"))) static inline __m256d exp4(__m256d x) {
     return _mm256_mul_pd(_mm256_mul_pd(p, scale_half), scale_rest);
 }
 
-__attribute__((target("avx2,fma"), noinline)) static void probabilities_avx2(const float *la, const float *lb,
-                                                                             Py_ssize_t count, double *ta, double *tb,
-                                                                             double *lbk) {
+/* probabilities() for the first count rounded down to a multiple of 4 values; returns how many. */
+__attribute__((target("avx2,fma"), noinline)) static Py_ssize_t probabilities_avx2(const float *la, const float *lb,
+                                                                                   Py_ssize_t count, double *ta,
+                                                                                   double *tb, double *lbk) {
     Py_ssize_t whole = count & ~(Py_ssize_t)3;
     for (Py_ssize_t i = 0; i < whole; i += 4) {
         __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(la + i)), b = _mm256_cvtps_pd(_mm_loadu_ps(lb + i));
@@ -447,11 +448,7 @@ __attribute__((target("avx2,fma"), noinline)) static void probabilities_avx2(con
         _mm256_storeu_pd(tb + i, pb);
         _mm256_storeu_pd(lbk + i, _mm256_blendv_pd(SPLAT(LOG_EPS), b, kept));
     }
-    for (Py_ssize_t i = whole; i < count; i++) { /* the last 0-3 values */
-        ta[i] = exp_fast(la[i]);
-        tb[i] = exp_fast(lb[i]);
-        lbk[i] = tb[i] > EPS ? lb[i] : LOG_EPS;
-    }
+    return whole;
 }
 #undef SPLAT
 #endif
@@ -459,14 +456,13 @@ __attribute__((target("avx2,fma"), noinline)) static void probabilities_avx2(con
 /* ta, tb: both rows' probabilities; lbk: Sb's logprobs as the union takes them (log(EPS) below EPS). */
 static inline __attribute__((always_inline)) void probabilities(const float *la, const float *lb, Py_ssize_t count,
                                                                 double *ta, double *tb, double *lbk) {
+    Py_ssize_t done = 0; /* by the AVX2 version, which leaves the last 0-3 values to the loop below */
 #if HAVE_AVX2
-    if (use_avx2) {
-        probabilities_avx2(la, lb, count, ta, tb, lbk);
-        return;
-    }
+    if (use_avx2)
+        done = probabilities_avx2(la, lb, count, ta, tb, lbk);
 #endif
 #pragma omp simd
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = done; i < count; i++) {
         ta[i] = exp_fast(la[i]);
         tb[i] = exp_fast(lb[i]);
         lbk[i] = tb[i] > EPS ? lb[i] : LOG_EPS;
