@@ -82,6 +82,8 @@ def test_positions_match_on_ties_identical_sets_disjoint_sets_and_bad_values(k):
         (ids, lp, ids + 100, lp),                          # disjoint: every id filled in
         (ids, lp, ids[:, ::-1].copy(), tied),              # same ids, other order, ties on one side
         (ids, lp, np.where(ids == 1, 0, ids), lp),         # an id listed twice (bad input)
+        (np.where(ids == 1, 0, ids), lp, np.where(ids == 1, 0, ids), lp),  # the same ids, one listed twice
+        (ids, lp, np.roll(ids, 1, axis=1), lp),            # the same ids, every one moved
         (np.where(ids == 1, 0, ids), lp, ids + 3, lp),
     ]
     bad = lp.copy()

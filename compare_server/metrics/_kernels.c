@@ -319,6 +319,154 @@ static inline double fill(double top_sum, double last, int missing) {
     return last < share ? last : share;
 }
 
+#if HAVE_AVX2
+/* exp_fast on four doubles, the same steps written in AVX2 and FMA intrinsics. GCC's own
+ * vectorisation of exp_fast keeps eight values in flight and spills its temporaries to the stack:
+ * this runs at 1.0 ns a value against its 1.8, and takes the logprob kernel from 322 to 295 ns a
+ * position. */
+#define SPLAT _mm256_set1_pd
+/* pow2() on four integer-valued doubles */
+__attribute__((target("avx2,fma"))) static inline __m256d pow2x4(__m256d n) {
+    const __m256i bias = _mm256_set1_epi64x(1023 - (long long)bits_of(ROUNDER));
+    __m256i biased = _mm256_add_epi64(_mm256_castpd_si256(_mm256_add_pd(n, SPLAT(ROUNDER))), bias);
+    return _mm256_castsi256_pd(_mm256_slli_epi64(biased, 52));
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256d exp4(__m256d x) {
+    const __m256d rounder = SPLAT(ROUNDER);
+    x = _mm256_min_pd(_mm256_max_pd(x, SPLAT(-746.0)), SPLAT(710.0)); /* max(NaN, c) is c: NaN gives 0 */
+    __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(x, SPLAT(1.4426950408889634), rounder), rounder);
+    __m256d r = _mm256_fnmadd_pd(n, SPLAT(LN2_LO), _mm256_fnmadd_pd(n, SPLAT(LN2_HI), x));
+    __m256d r2 = _mm256_mul_pd(r, r), r4 = _mm256_mul_pd(r2, r2), r8 = _mm256_mul_pd(r4, r4);
+    __m256d q0 = _mm256_add_pd(SPLAT(1.0), r), q1 = _mm256_fmadd_pd(r, SPLAT(1.0 / 6), SPLAT(1.0 / 2)),
+            q2 = _mm256_fmadd_pd(r, SPLAT(1.0 / 120), SPLAT(1.0 / 24)),
+            q3 = _mm256_fmadd_pd(r, SPLAT(1.0 / 5040), SPLAT(1.0 / 720)),
+            q4 = _mm256_fmadd_pd(r, SPLAT(1.0 / 362880), SPLAT(1.0 / 40320)),
+            q5 = _mm256_fmadd_pd(r, SPLAT(1.0 / 39916800), SPLAT(1.0 / 3628800)),
+            q6 = _mm256_fmadd_pd(r, SPLAT(1.0 / 6227020800.0), SPLAT(1.0 / 479001600));
+    __m256d p = _mm256_fmadd_pd(_mm256_fmadd_pd(q3, r2, q2), r4, _mm256_fmadd_pd(q1, r2, q0));
+    p = _mm256_fmadd_pd(_mm256_fmadd_pd(q6, r4, _mm256_fmadd_pd(q5, r2, q4)), r8, p);
+    __m256d half = _mm256_sub_pd(_mm256_fmadd_pd(n, SPLAT(0.5), rounder), rounder), rest = _mm256_sub_pd(n, half);
+    return _mm256_mul_pd(_mm256_mul_pd(p, pow2x4(half)), pow2x4(rest));
+}
+
+/* log_fast() on four doubles, each normal, finite and > 0 */
+__attribute__((target("avx2,fma"))) static inline __m256d log4(__m256d x) {
+    __m256i u = _mm256_castpd_si256(x);
+    __m256i e = _mm256_sub_epi64(
+        _mm256_srli_epi64(_mm256_add_epi64(u, _mm256_set1_epi64x((1024LL << 52) - 0x3fe6a09e667f3bcdLL)), 52),
+        _mm256_set1_epi64x(1024));
+    __m256d m = _mm256_castsi256_pd(_mm256_sub_epi64(u, _mm256_slli_epi64(e, 52)));
+    __m256d f = _mm256_div_pd(_mm256_sub_pd(m, SPLAT(1.0)), _mm256_add_pd(m, SPLAT(1.0)));
+    __m256d s = _mm256_mul_pd(f, f), s2 = _mm256_mul_pd(s, s), s4 = _mm256_mul_pd(s2, s2), s8 = _mm256_mul_pd(s4, s4);
+    __m256d q0 = _mm256_fmadd_pd(s, SPLAT(1.0 / 3), SPLAT(1.0)), q1 = _mm256_fmadd_pd(s, SPLAT(1.0 / 7), SPLAT(1.0 / 5)),
+            q2 = _mm256_fmadd_pd(s, SPLAT(1.0 / 11), SPLAT(1.0 / 9)),
+            q3 = _mm256_fmadd_pd(s, SPLAT(1.0 / 15), SPLAT(1.0 / 13)),
+            q4 = _mm256_fmadd_pd(s, SPLAT(1.0 / 19), SPLAT(1.0 / 17));
+    __m256d p = _mm256_fmadd_pd(_mm256_fmadd_pd(q3, s2, q2), s4, _mm256_fmadd_pd(q1, s2, q0));
+    p = _mm256_fmadd_pd(_mm256_fmadd_pd(SPLAT(1.0 / 21), s2, q4), s8, p);
+    __m256d de = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(SPLAT(ROUNDER)), e)),
+                               SPLAT(ROUNDER));
+    return _mm256_fmadd_pd(de, SPLAT(LN2_HI), _mm256_fmadd_pd(de, SPLAT(LN2_LO), _mm256_mul_pd(_mm256_add_pd(f, f), p)));
+}
+
+__attribute__((target("avx2,fma"))) static inline double sum4(__m256d v) {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+/* Whether Sa and Sb list the same ids in the same order, none twice (k a multiple of 4, at most
+ * 32): where two devices agree, each id then matches its own column and no search is needed. No id
+ * is listed twice if no two of Sa's low 32 bits are equal, which comparing them with their
+ * rotations by 1..k/2 shows (every two columns are some rotation apart); low is scratch for
+ * k + k/2 + 8 of them. */
+__attribute__((target("avx2,fma"), noinline)) static int same_ids_avx2(const long long *ida, const long long *idb,
+                                                                        int k, uint32_t *low) {
+    __m256i differ = _mm256_setzero_si256();
+    for (int i = 0; i < k; i += 4)
+        differ = _mm256_or_si256(differ, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(ida + i)),
+                                                          _mm256_loadu_si256((const __m256i *)(idb + i))));
+    if (!_mm256_testz_si256(differ, differ))
+        return 0;
+    int half = k / 2;
+    for (int j = 0; j < k + half + 8; j++)
+        low[j] = (uint32_t)ida[j % k];
+    __m256i twice = _mm256_setzero_si256(), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int v = 0; v < k; v += 8) {
+        __m256i here = _mm256_loadu_si256((const __m256i *)(low + v)), equal = _mm256_setzero_si256();
+        for (int s = 1; s <= half; s++)
+            equal = _mm256_or_si256(equal, _mm256_cmpeq_epi32(here, _mm256_loadu_si256((const __m256i *)(low + v + s))));
+        __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(k - v), lane); /* columns v.. below k */
+        twice = _mm256_or_si256(twice, _mm256_and_si256(equal, valid));
+    }
+    return _mm256_testz_si256(twice, twice);
+}
+
+/* position()'s values 1..7 where both rows are in order, hold no bad value and no tie, and Sa and
+ * Sb hold the same ids (the union is Sa's columns, no fills; k a multiple of 4): one pass over
+ * Sa's columns, each reading its match in Sb (itself where the ids are identical), with no union
+ * built first. */
+__attribute__((target("avx2,fma"), noinline)) static void same_set_avx2(const float *la, int k, const double *ta,
+                                                                         const double *tb, const double *lbk,
+                                                                         const int *match, int identical,
+                                                                         double top_a, double top_b, double *out) {
+    __m256d zero = _mm256_setzero_pd(), eps = SPLAT(EPS);
+    __m256d dot = zero, aa = zero, bb = zero, ae = zero, rel = zero, kl = zero, js = zero;
+    int counted = 0, d2 = 0;
+    for (int i = 0; i < k; i++)
+        d2 += (match[i] - i) * (match[i] - i);
+    for (int i = 0; i < k; i += 4) {
+        __m256d p = _mm256_loadu_pd(ta + i), q, lq;
+        if (identical) {
+            q = _mm256_loadu_pd(tb + i);
+            lq = _mm256_loadu_pd(lbk + i);
+        } else {
+            __m128i j = _mm_loadu_si128((const __m128i *)(match + i));
+            q = _mm256_i32gather_pd(tb, j, 8);
+            lq = _mm256_i32gather_pd(lbk, j, 8);
+        }
+        __m256d lp = _mm256_blendv_pd(SPLAT(LOG_EPS), _mm256_cvtps_pd(_mm_loadu_ps(la + i)), _mm256_cmp_pd(p, eps, _CMP_GT_OQ));
+        __m256d l = log4(_mm256_max_pd(_mm256_mul_pd(SPLAT(0.5), _mm256_add_pd(p, q)), eps));
+        __m256d d = _mm256_andnot_pd(SPLAT(-0.0), _mm256_sub_pd(p, q)), given = _mm256_cmp_pd(p, zero, _CMP_GT_OQ);
+        counted += __builtin_popcount(_mm256_movemask_pd(given)); /* relative error: where A gave mass */
+        dot = _mm256_fmadd_pd(p, q, dot);
+        aa = _mm256_fmadd_pd(p, p, aa);
+        bb = _mm256_fmadd_pd(q, q, bb);
+        ae = _mm256_add_pd(ae, d);
+        rel = _mm256_add_pd(rel, _mm256_and_pd(given, _mm256_div_pd(d, _mm256_blendv_pd(SPLAT(1.0), p, given))));
+        kl = _mm256_fmadd_pd(p, _mm256_sub_pd(lp, lq), kl);
+        js = _mm256_add_pd(js, _mm256_fmadd_pd(p, _mm256_sub_pd(lp, l), _mm256_mul_pd(q, _mm256_sub_pd(lq, l))));
+    }
+    /* The tail: what each run's top-k leaves, and its three logs as one vector. */
+    double tail_a = 1.0 - top_a > 0 ? 1.0 - top_a : 0.0, tail_b = 1.0 - top_b > 0 ? 1.0 - top_b : 0.0;
+    double logs[4];
+    _mm256_storeu_pd(logs, log4(_mm256_max_pd(_mm256_setr_pd(tail_a, tail_b, 0.5 * (tail_a + tail_b), 1.0), eps)));
+    out[1] = 1.0;
+    out[2] = (sum4(dot) + tail_a * tail_b) / sqrt((sum4(aa) + tail_a * tail_a) * (sum4(bb) + tail_b * tail_b));
+    out[3] = sum4(kl) + tail_a * (logs[0] - logs[1]);
+    out[4] = 0.5 * (sum4(js) + tail_a * (logs[0] - logs[2]) + tail_b * (logs[1] - logs[2]));
+    out[5] = (sum4(ae) + fabs(tail_a - tail_b)) / (k + 1);
+    out[6] = k > 1 ? 1.0 - 6.0 * d2 / ((double)k * ((double)k * k - 1)) : NAN;
+    out[7] = counted ? sum4(rel) / counted : NAN;
+}
+
+/* probabilities() for the first count rounded down to a multiple of 4 values; returns how many. */
+__attribute__((target("avx2,fma"), noinline)) static Py_ssize_t probabilities_avx2(const float *la, const float *lb,
+                                                                                   Py_ssize_t count, double *ta,
+                                                                                   double *tb, double *lbk) {
+    Py_ssize_t whole = count & ~(Py_ssize_t)3;
+    for (Py_ssize_t i = 0; i < whole; i += 4) {
+        __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(la + i)), b = _mm256_cvtps_pd(_mm_loadu_ps(lb + i));
+        __m256d pb = exp4(b), kept = _mm256_cmp_pd(pb, SPLAT(EPS), _CMP_GT_OQ);
+        _mm256_storeu_pd(ta + i, exp4(a));
+        _mm256_storeu_pd(tb + i, pb);
+        _mm256_storeu_pd(lbk + i, _mm256_blendv_pd(SPLAT(LOG_EPS), b, kept));
+    }
+    return whole;
+}
+#undef SPLAT
+#endif
+
 /* match_ids for k <= 32: Sa's ids are compared with all of Sb's at once on their low 32 bits (eight
  * to a vector instruction, against four for 64-bit ids) into a bit mask; the rare candidate whose
  * high bits differ is dropped after. */
@@ -404,56 +552,9 @@ static inline __attribute__((always_inline)) int match_ids(const long long *ida,
 /* Scratch for positions(), for top-k width k: SCRATCH_DOUBLES(k) doubles, SCRATCH_INTS(k) ints. */
 #define GROUP_ROWS(k) ((k) >= GROUP_VALUES ? 1 : GROUP_VALUES / (k))
 #define SCRATCH_DOUBLES(k) (3 * (size_t)GROUP_ROWS(k) * (k) + 18 * (size_t)(k) + 40)
-#define SCRATCH_INTS(k) (5 * (size_t)(k) + 8)
+#define SCRATCH_INTS(k) (5 * (size_t)(k) + 8) /* order: k + k/2 + 8 low words for same_ids_avx2 */
 #define KERNEL_THREADS_MAX 64 /* threads one position_rows call may use */
 
-#if HAVE_AVX2
-/* exp_fast on four doubles, the same steps written in AVX2 and FMA intrinsics. GCC's own
- * vectorisation of exp_fast keeps eight values in flight and spills its temporaries to the stack:
- * this runs at 1.0 ns a value against its 1.8, and takes the logprob kernel from 322 to 295 ns a
- * position. */
-#define SPLAT _mm256_set1_pd
-/* pow2() on four integer-valued doubles */
-__attribute__((target("avx2,fma"))) static inline __m256d pow2x4(__m256d n) {
-    const __m256i bias = _mm256_set1_epi64x(1023 - (long long)bits_of(ROUNDER));
-    __m256i biased = _mm256_add_epi64(_mm256_castpd_si256(_mm256_add_pd(n, SPLAT(ROUNDER))), bias);
-    return _mm256_castsi256_pd(_mm256_slli_epi64(biased, 52));
-}
-
-__attribute__((target("avx2,fma"))) static inline __m256d exp4(__m256d x) {
-    const __m256d rounder = SPLAT(ROUNDER);
-    x = _mm256_min_pd(_mm256_max_pd(x, SPLAT(-746.0)), SPLAT(710.0)); /* max(NaN, c) is c: NaN gives 0 */
-    __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(x, SPLAT(1.4426950408889634), rounder), rounder);
-    __m256d r = _mm256_fnmadd_pd(n, SPLAT(LN2_LO), _mm256_fnmadd_pd(n, SPLAT(LN2_HI), x));
-    __m256d r2 = _mm256_mul_pd(r, r), r4 = _mm256_mul_pd(r2, r2), r8 = _mm256_mul_pd(r4, r4);
-    __m256d q0 = _mm256_add_pd(SPLAT(1.0), r), q1 = _mm256_fmadd_pd(r, SPLAT(1.0 / 6), SPLAT(1.0 / 2)),
-            q2 = _mm256_fmadd_pd(r, SPLAT(1.0 / 120), SPLAT(1.0 / 24)),
-            q3 = _mm256_fmadd_pd(r, SPLAT(1.0 / 5040), SPLAT(1.0 / 720)),
-            q4 = _mm256_fmadd_pd(r, SPLAT(1.0 / 362880), SPLAT(1.0 / 40320)),
-            q5 = _mm256_fmadd_pd(r, SPLAT(1.0 / 39916800), SPLAT(1.0 / 3628800)),
-            q6 = _mm256_fmadd_pd(r, SPLAT(1.0 / 6227020800.0), SPLAT(1.0 / 479001600));
-    __m256d p = _mm256_fmadd_pd(_mm256_fmadd_pd(q3, r2, q2), r4, _mm256_fmadd_pd(q1, r2, q0));
-    p = _mm256_fmadd_pd(_mm256_fmadd_pd(q6, r4, _mm256_fmadd_pd(q5, r2, q4)), r8, p);
-    __m256d half = _mm256_sub_pd(_mm256_fmadd_pd(n, SPLAT(0.5), rounder), rounder), rest = _mm256_sub_pd(n, half);
-    return _mm256_mul_pd(_mm256_mul_pd(p, pow2x4(half)), pow2x4(rest));
-}
-
-/* probabilities() for the first count rounded down to a multiple of 4 values; returns how many. */
-__attribute__((target("avx2,fma"), noinline)) static Py_ssize_t probabilities_avx2(const float *la, const float *lb,
-                                                                                   Py_ssize_t count, double *ta,
-                                                                                   double *tb, double *lbk) {
-    Py_ssize_t whole = count & ~(Py_ssize_t)3;
-    for (Py_ssize_t i = 0; i < whole; i += 4) {
-        __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(la + i)), b = _mm256_cvtps_pd(_mm_loadu_ps(lb + i));
-        __m256d pb = exp4(b), kept = _mm256_cmp_pd(pb, SPLAT(EPS), _CMP_GT_OQ);
-        _mm256_storeu_pd(ta + i, exp4(a));
-        _mm256_storeu_pd(tb + i, pb);
-        _mm256_storeu_pd(lbk + i, _mm256_blendv_pd(SPLAT(LOG_EPS), b, kept));
-    }
-    return whole;
-}
-#undef SPLAT
-#endif
 
 /* ta, tb: both rows' probabilities; lbk: Sb's logprobs as the union takes them (log(EPS) below EPS). */
 static inline __attribute__((always_inline)) void probabilities(const float *la, const float *lb, Py_ssize_t count,
@@ -496,8 +597,25 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         top_a += ta[i];
         top_b += tb[i];
     }
-    int missing[2], distinct = match_ids(ida, idb, k, match, b_in_a, missing, (uint32_t *)order);
+    int missing[2] = {0, 0}, distinct = 1, identical = 0;
+#if HAVE_AVX2
+    identical = use_avx2 && k % 4 == 0 && k <= 32 && same_ids_avx2(ida, idb, k, (uint32_t *)order);
+#endif
+    if (identical)
+        for (int i = 0; i < k; i++) {
+            match[i] = i;
+            b_in_a[i] = 1;
+        }
+    else
+        distinct = match_ids(ida, idb, k, match, b_in_a, missing, (uint32_t *)order);
     int missing_a = missing[0], missing_b = missing[1];
+#if HAVE_AVX2
+    if (use_avx2 && k % 4 == 0 && !bad && !rising && !tied && distinct && !missing_a) {
+        out[0] = ida[0] == idb[0];
+        same_set_avx2(la, k, ta, tb, lbk, match, identical, top_a, top_b, out);
+        return 0;
+    }
+#endif
     /* An id one run's top-k lacks gets min(its K-th probability, its left-over mass / missing). */
     double fills[2] = {fill(top_a, ta[k - 1], missing_a), fill(top_b, tb[k - 1], missing_b)}, log_fills[2] = {0, 0};
     if (missing_a || missing_b) {
