@@ -307,12 +307,14 @@ class LogprobComparison:
 
     def __init__(self, forced: bool):
         self.forced = forced
-        self.per: dict[str, list] = {name: [] for name in (*POSITION_METRICS, "full_prob_cos_first", "full_kl_first")}
-        self.lengths: list[int] = []
-        self.divergence: list[int] = []  # -1: none
-        self.widths: list[int] = []
+        # Per chunk, each per-prompt column (PER_PROMPT), joined once in result().
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.prompts = 0
         self.nonfinite = [0, 0]
         self.detail_parts: list[tuple[np.ndarray, ...]] = []  # (prompt, position, kl, top1) columns
+        # The same as JSON-ready lists, converted chunk by chunk: the first chunks arrive while the
+        # diff waits for the database, so the report does not wait for this at the end.
+        self.detail_lists: dict[str, list] = {"prompt": [], "position": [], "kl": [], "top1_match": []}
         self.detail_count = 0
 
     def add(self, records_a: list[dict] | dict, records_b: list[dict] | dict) -> None:
@@ -339,7 +341,7 @@ class LogprobComparison:
             self._keep_detail(measured.values, np.arange(n), lengths)
         if nonfinite is None:
             nonfinite = _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"])
-        self._append(chunk, divergence, lengths.tolist(), np.where(lengths > 0, k, 0).tolist(), None, *nonfinite)
+        self._append(chunk, divergence, lengths, np.where(lengths > 0, k, 0), None, *nonfinite)
         return True
 
     def _add_records(self, records_a: list[dict], records_b: list[dict]) -> None:
@@ -372,31 +374,37 @@ class LogprobComparison:
         room = self.DETAIL_LIMIT - self.detail_count
         if room > 0:
             prompt = np.repeat(np.arange(len(lengths)), lengths)[:room]
-            within = np.arange(len(prompt)) - (np.cumsum(lengths) - lengths)[prompt]
-            self.detail_parts.append((len(self.lengths) + prompts[prompt], within,
-                                      values["kl"][:room].copy(), values["top1_match"][:room].copy()))
+            columns = (self.prompts + prompts[prompt], np.arange(len(prompt)) - (np.cumsum(lengths) - lengths)[prompt],
+                       values["kl"][:room].copy(), values["top1_match"][:room].copy())
+            self.detail_parts.append(columns)
+            for kept, column in zip(self.detail_lists.values(), columns):
+                kept += column.tolist()
             self.detail_count += len(prompt)
 
     def _append(self, chunk, divergence, lengths, widths, full, nonfinite_a, nonfinite_b) -> None:
-        for name in POSITION_METRICS:
-            self.per[name].extend(chunk[name].tolist())
-        full = full or [(np.nan, np.nan)] * len(lengths)
-        self.per["full_prob_cos_first"] += [cos for cos, _ in full]
-        self.per["full_kl_first"] += [kl for _, kl in full]
-        self.divergence += divergence.tolist()
+        full = np.asarray(full, dtype=np.float64) if full else np.full((len(divergence), 2), np.nan)
+        self.parts.append({**{name: chunk[name] for name in POSITION_METRICS},
+                           "full_prob_cos_first": full[:, 0], "full_kl_first": full[:, 1],
+                           "positions": np.asarray(lengths, dtype=np.int64),
+                           "first_divergence": np.asarray(divergence, dtype=np.int64),
+                           "widths": np.asarray(widths, dtype=np.int64)})
+        self.prompts += len(divergence)
         self.nonfinite[0] += nonfinite_a
         self.nonfinite[1] += nonfinite_b
-        self.lengths += lengths
-        self.widths += widths
+
+    def _column(self, name: str, dtype) -> np.ndarray:
+        return np.concatenate([part[name] for part in self.parts]).astype(dtype, copy=False) if self.parts \
+            else np.zeros(0, dtype)
 
     def result(self):
         """(per-prompt arrays, summary)."""
-        per = {name: np.asarray(values, dtype=np.float64) for name, values in self.per.items()}
+        per = {name: self._column(name, np.float64) for name in (*POSITION_METRICS, "full_prob_cos_first", "full_kl_first")}
         has_full = bool(np.isfinite(per["full_kl_first"]).any())
         if not has_full:
             del per["full_prob_cos_first"], per["full_kl_first"]
-        per["positions"] = np.asarray(self.lengths, dtype=np.int64)
-        per["first_divergence"] = np.asarray(self.divergence, dtype=np.int64)
+        per["positions"] = self._column("positions", np.int64)
+        per["first_divergence"] = self._column("first_divergence", np.int64)
+        widths = self._column("widths", np.int64)
         # A prompt with no compared position (a run that stopped at once) has NaN metrics and is
         # left out of the means; if no prompt has a position, the summary is NaN and gates fail.
         compared = per["positions"] > 0
@@ -406,11 +414,11 @@ class LogprobComparison:
         summary["prompts_compared"] = int(compared.sum())
         if has_full:
             summary.update({name: float(np.nanmean(per[name])) for name in ("full_prob_cos_first", "full_kl_first")})
-        diverged = [d for d in self.divergence if d >= 0]
-        summary["first_divergence"] = min(diverged) if diverged else None
+        diverged = per["first_divergence"][per["first_divergence"] >= 0]
+        summary["first_divergence"] = int(diverged.min()) if len(diverged) else None
         summary["diverged_prompts"] = len(diverged)
-        summary["positions"] = int(sum(self.lengths))
-        summary["top_k"] = min((w for w in self.widths if w), default=0)
+        summary["positions"] = int(per["positions"].sum())
+        summary["top_k"] = int(widths[widths > 0].min()) if (widths > 0).any() else 0
         summary["nonfinite_a"], summary["nonfinite_b"] = self.nonfinite
         return per, summary
 
@@ -421,10 +429,11 @@ class LogprobComparison:
         prompt, position, kl, top1 = (np.concatenate(column) for column in zip(*self.detail_parts))
         # Stacked records come in order; records of several shapes are measured a shape at a time.
         in_order = ((prompt[1:] > prompt[:-1]) | ((prompt[1:] == prompt[:-1]) & (position[1:] > position[:-1]))).all()
-        if not in_order:
-            order = np.lexsort((position, prompt))
-            prompt, position, kl, top1 = prompt[order], position[order], kl[order], top1[order]
-        return {"prompt": prompt.tolist(), "position": position.tolist(), "kl": kl.tolist(), "top1_match": top1.tolist()}
+        if in_order:
+            return {name: list(values) for name, values in self.detail_lists.items()}
+        order = np.lexsort((position, prompt))
+        return {"prompt": prompt[order].tolist(), "position": position[order].tolist(), "kl": kl[order].tolist(),
+                "top1_match": top1[order].tolist()}
 
 
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
