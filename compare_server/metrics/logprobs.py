@@ -308,7 +308,8 @@ class LogprobComparison:
 
     def __init__(self, forced: bool):
         self.forced = forced
-        # Per chunk, each per-prompt column (PER_PROMPT), joined once in result().
+        # Per chunk, its per-prompt columns (the metrics' means, full_*, positions, first_divergence,
+        # widths) as arrays, joined once in result().
         self.parts: list[dict[str, np.ndarray]] = []
         self.prompts = 0
         self.nonfinite = [0, 0]
