@@ -313,8 +313,11 @@ static inline double log_fast(double x) {
     return de * LN2_HI + (de * LN2_LO + 2.0 * f * p);
 }
 
+/* The mass a distribution leaves to the rest of the vocabulary: 1 - sum, never below 0. */
+static inline double left_over(double sum) { return 1.0 - sum > 0 ? 1.0 - sum : 0.0; }
+
 static inline double fill(double top_sum, double last, int missing) {
-    double leftover = 1.0 - top_sum > 0 ? 1.0 - top_sum : 0.0;
+    double leftover = left_over(top_sum);
     double share = leftover / (missing > 1 ? missing : 1);
     return last < share ? last : share;
 }
@@ -438,7 +441,7 @@ __attribute__((target("avx2,fma"), noinline)) static void same_set_avx2(const fl
         js = _mm256_add_pd(js, _mm256_fmadd_pd(p, _mm256_sub_pd(lp, l), _mm256_mul_pd(q, _mm256_sub_pd(lq, l))));
     }
     /* The tail: what each run's top-k leaves, and its three logs as one vector. */
-    double tail_a = 1.0 - top_a > 0 ? 1.0 - top_a : 0.0, tail_b = 1.0 - top_b > 0 ? 1.0 - top_b : 0.0;
+    double tail_a = left_over(top_a), tail_b = left_over(top_b);
     double logs[4];
     _mm256_storeu_pd(logs, log4(_mm256_max_pd(_mm256_setr_pd(tail_a, tail_b, 0.5 * (tail_a + tail_b), 1.0), eps)));
     out[1] = 1.0;
@@ -651,7 +654,7 @@ static inline __attribute__((always_inline)) int position(const long long *ida, 
         sum_a += pa[c];
         sum_b += pb[c];
     }
-    double tail_a = 1.0 - sum_a > 0 ? 1.0 - sum_a : 0.0, tail_b = 1.0 - sum_b > 0 ? 1.0 - sum_b : 0.0;
+    double tail_a = left_over(sum_a), tail_b = left_over(sum_b);
     /* Columns 0..m: the union and the tail, padded with zeros (which add nothing to any sum) to
      * whole vectors; the logs' loop runs two columns further, to take the tails' own logs too. */
     int width = (m + 4) & ~3, log_width = (m + 6) & ~3;

@@ -313,10 +313,11 @@ class LogprobComparison:
         self.parts: list[dict[str, np.ndarray]] = []
         self.prompts = 0
         self.nonfinite = [0, 0]
-        self.detail_parts: list[tuple[np.ndarray, ...]] = []  # (prompt, position, kl, top1) columns
-        # The same as JSON-ready lists, converted chunk by chunk: the first chunks arrive while the
-        # diff waits for the database, so the report does not wait for this at the end.
+        # KL and top-1 agreement at the first positions as JSON-ready lists, converted chunk by
+        # chunk: the first chunks arrive while the diff waits for the database, so the report does
+        # not wait for this at the end. detail_order keeps (prompt, position) arrays to check order.
         self.detail_lists: dict[str, list] = {"prompt": [], "position": [], "kl": [], "top1_match": []}
+        self.detail_order: list[tuple[np.ndarray, np.ndarray]] = []
         self.detail_count = 0
 
     def add(self, records_a: list[dict] | dict, records_b: list[dict] | dict) -> None:
@@ -377,8 +378,8 @@ class LogprobComparison:
         if room > 0:
             prompt = np.repeat(np.arange(len(lengths)), lengths)[:room]
             columns = (self.prompts + prompts[prompt], np.arange(len(prompt)) - (np.cumsum(lengths) - lengths)[prompt],
-                       values["kl"][:room].copy(), values["top1_match"][:room].copy())
-            self.detail_parts.append(columns)
+                       values["kl"][:room], values["top1_match"][:room])
+            self.detail_order.append(columns[:2])
             for kept, column in zip(self.detail_lists.values(), columns):
                 kept += column.tolist()
             self.detail_count += len(prompt)
@@ -426,16 +427,15 @@ class LogprobComparison:
 
     def detail(self) -> dict[str, list]:
         """KL and top-1 agreement at the compared positions (the first DETAIL_LIMIT), columnar."""
-        if not self.detail_parts:
-            return {"prompt": [], "position": [], "kl": [], "top1_match": []}
-        prompt, position, kl, top1 = (np.concatenate(column) for column in zip(*self.detail_parts))
+        if not self.detail_order:
+            return {name: [] for name in self.detail_lists}
+        prompt, position = (np.concatenate(column) for column in zip(*self.detail_order))
         # Stacked records come in order; records of several shapes are measured a shape at a time.
         in_order = ((prompt[1:] > prompt[:-1]) | ((prompt[1:] == prompt[:-1]) & (position[1:] > position[:-1]))).all()
         if in_order:
             return {name: list(values) for name, values in self.detail_lists.items()}
-        order = np.lexsort((position, prompt))
-        return {"prompt": prompt[order].tolist(), "position": position[order].tolist(), "kl": kl[order].tolist(),
-                "top1_match": top1[order].tolist()}
+        order = np.lexsort((position, prompt)).tolist()
+        return {name: [values[i] for i in order] for name, values in self.detail_lists.items()}
 
 
 def logprob_metrics(records_a: list[dict], records_b: list[dict], forced: bool):
