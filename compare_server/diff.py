@@ -20,7 +20,7 @@ from compare_server.metrics.embeddings import EmbeddingComparison
 from compare_server.metrics.gates import GateError, evaluate_gates
 from compare_server.metrics.logprobs import LogprobComparison
 from compare_server.prefetch import Prefetched
-from proto.codec import RecordError, decode, decode_many, decode_stacked, validate
+from proto.codec import RecordError, Stacked, decode, decode_many, decode_stacked, stack, validate
 
 # Below this mean cosine an embedding difference is not bf16-vs-fp32 rounding (that gives
 # 0.999+); the nomic report's 0.886 was an implementation mismatch.
@@ -79,12 +79,13 @@ def _embeddings(run: Run, records) -> np.ndarray:
     return np.stack(embeddings)
 
 
-def _logprob_records(run: Run, records) -> list[dict] | dict[str, np.ndarray]:
-    """A chunk of records, stacked when they share a header (records of one shape), else one
-    decoded record per prompt (greedy outputs of different lengths)."""
+def _logprob_records(run: Run, records) -> list[dict] | Stacked:
+    """A chunk of records, stacked when they share a header (records of one shape: the metrics
+    kernel reads their blobs where they are), else one decoded record per prompt (greedy outputs
+    of different lengths)."""
     blobs = [rec.blob for rec in records]
     try:
-        stacked = decode_stacked(blobs, "logprobs")
+        stacked = stack(blobs, "logprobs")
         return stacked if stacked is not None else decode_many(blobs, "logprobs")
     except RecordError:
         return _decode(run, records)  # one by one, to name the record that is wrong

@@ -168,13 +168,41 @@ def _head(blob: bytes | memoryview) -> bytes:
     return bytes(blob[:8 + header_len])
 
 
-def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | None:
-    """Records that share one header, decoded together into read-only arrays with a leading record
-    axis ([n, *shape]): one validation, one join and one strided view per tensor instead of n
-    decodes. None when the blobs do not share a header (decode them one by one instead).
+class Stacked:
+    """Records that share one header, as the store hands them over: their blobs, unjoined, and
+    where each tensor lies in every one of them. arrays() joins them into [n, *shape] views (once);
+    a compiled kernel can read the blobs where they are instead, copying nothing.
 
-    Raises RecordError when the shared header does not fit `kind`.
+        stacked = stack(blobs, "logprobs")
+        stacked.tensors["topk_ids"]   # (dtype, shape, byte offset in each blob)
+        stacked.arrays()["topk_ids"]  # [n, T, K] int64, read-only
     """
+
+    def __init__(self, blobs: list[bytes], head: bytes):
+        self.blobs = blobs
+        self.tensors = {name: (dtype, shape, len(head) + start) for name, dtype, shape, start, _ in _layout(head[8:])}
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape with the record axis first, [n, *shape]."""
+        return (len(self.blobs), *self.tensors[name][1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every tensor as one read-only [n, *shape] array: one join and one strided view each."""
+        if self._arrays is None:
+            size, joined = len(self.blobs[0]), b"".join(self.blobs)
+            self._arrays = {name: np.ndarray((len(self.blobs), *shape), dtype, joined, offset=offset,
+                                             strides=(size, *np.empty(shape, dtype).strides))
+                            for name, (dtype, shape, offset) in self.tensors.items()}
+        return self._arrays
+
+
+def stack(blobs: list[bytes], kind: str) -> Stacked | None:
+    """Records that share one header, checked once as a group; None when they do not share one
+    (decode them one by one instead). Raises RecordError when the shared header does not fit `kind`."""
     if not blobs:
         return None
     first = blobs[0]
@@ -182,12 +210,18 @@ def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | Non
     if any(len(b) != size or not b.startswith(head) for b in blobs):
         return None
     check(first, kind)
-    joined = b"".join(blobs)
-    return {
-        name: np.ndarray((len(blobs), *shape), dtype, joined, offset=len(head) + start,
-                         strides=(size, *np.empty(shape, dtype).strides))
-        for name, dtype, shape, start, _ in _layout(head[8:])
-    }
+    return Stacked(blobs, head)
+
+
+def decode_stacked(blobs: list[bytes], kind: str) -> dict[str, np.ndarray] | None:
+    """Records that share one header, decoded together into read-only arrays with a leading record
+    axis ([n, *shape]): one validation, one join and one strided view per tensor instead of n
+    decodes. None when the blobs do not share a header (decode them one by one instead).
+
+    Raises RecordError when the shared header does not fit `kind`.
+    """
+    stacked = stack(blobs, kind)
+    return None if stacked is None else stacked.arrays()
 
 
 def decode_many(blobs: list[bytes], kind: str) -> list[dict[str, np.ndarray]]:

@@ -199,37 +199,87 @@ def test_the_position_kernel_refuses_a_thread_count_out_of_range():
             _kernels.position_rows(*x, *x, np.ones(1, np.int64), np.empty((1, 8)), np.empty((1, 8)), threads)
 
 
-@pytest.mark.parametrize("shuffled", [False, True])
-def test_a_diff_without_the_compiled_kernels_gives_the_same_metrics(monkeypatch, shuffled):
-    """Where cmp was installed without a C compiler, the numpy code stands in for the kernel in a
-    whole diff: per-prompt means, and rows out of order sent back to be sorted."""
-    from compare_server.metrics import logprobs
-    from proto.codec import decode_stacked, encode
+def _stored_pair(forced: bool, shuffled: bool, n=30, t=6, k=8):
+    """Two runs' records of n prompts as the store hands them over (codec.stack): B's scores are
+    A's plus noise, and in greedy decoding some of B's prompts chose another token part-way."""
+    from proto.codec import encode, stack
 
     rng = np.random.default_rng(17)
-    n, t, k = 30, 6, 8
     logits = rng.normal(scale=3.0, size=(n * t, 40))
     la = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     (ids_a, lp_a), (ids_b, lp_b) = _topk(la, k), _topk(la + rng.normal(scale=0.3, size=la.shape), k)
     if shuffled:
         ids_b[7], lp_b[7] = ids_b[7][::-1], lp_b[7][::-1]
+    tokens_a = ids_a[:, 0].reshape(n, t)
+    tokens_b = tokens_a.copy()
+    if not forced:
+        tokens_b[3, 2], tokens_b[11, 0], tokens_b[12, t - 1] = -1, -1, -1
 
-    def stacked(ids, lp):
-        return decode_stacked([encode({"token_ids": ids[i * t:(i + 1) * t, 0], "token_logprobs": lp[i * t:(i + 1) * t, 0],
-                                       "topk_ids": ids[i * t:(i + 1) * t], "topk_logprobs": lp[i * t:(i + 1) * t]})
-                               for i in range(n)], "logprobs")
+    def stacked(ids, lp, tokens):
+        return stack([encode({"token_ids": tokens[i], "token_logprobs": lp[i * t:(i + 1) * t, 0],
+                              "topk_ids": ids[i * t:(i + 1) * t], "topk_logprobs": lp[i * t:(i + 1) * t]})
+                      for i in range(n)], "logprobs")
+
+    return stacked(ids_a, lp_a, tokens_a), stacked(ids_b, lp_b, tokens_b)
+
+
+@pytest.mark.parametrize("forced", [True, False])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_diff_without_the_compiled_kernels_gives_the_same_metrics(monkeypatch, forced, shuffled):
+    """Where cmp was installed without a C compiler, the numpy code stands in for the kernel that
+    reads stored records where they are, in a whole diff: divergences, per-prompt means, and rows
+    out of order sent back to be sorted."""
+    from compare_server.metrics import logprobs
+
+    a, b = _stored_pair(forced, shuffled)
 
     def diff():
-        comparison = logprobs.LogprobComparison(forced=True)
-        comparison.add(stacked(ids_a, lp_a), stacked(ids_b, lp_b))
-        return comparison.result()
+        comparison = logprobs.LogprobComparison(forced=forced)
+        comparison.add(a, b)
+        return (*comparison.result(), comparison.detail())
 
-    (per_kernel, summary_kernel) = diff()
+    per_kernel, summary_kernel, detail_kernel = diff()
     monkeypatch.setattr(logprobs, "_kernels", None)
-    (per_numpy, summary_numpy) = diff()
+    per_numpy, summary_numpy, detail_numpy = diff()
     for name in per_numpy:
         np.testing.assert_allclose(per_kernel[name], per_numpy[name], rtol=1e-9, atol=1e-12, err_msg=name)
-    assert summary_kernel == pytest.approx(summary_numpy, rel=1e-9, abs=1e-12)
+    assert summary_kernel.keys() == summary_numpy.keys()
+    for name, value in summary_numpy.items():
+        assert summary_kernel[name] == (value if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)), name
+    for name, values in detail_numpy.items():
+        assert detail_kernel[name] == pytest.approx(values, rel=1e-9, abs=1e-12), name
+    if not forced:
+        assert per_kernel["first_divergence"][[3, 11, 12]].tolist() == [2, 0, 5]
+        assert per_kernel["positions"][[3, 11, 12, 0]].tolist() == [3, 1, 6, 6]
+
+
+def test_stored_records_shared_among_threads_give_the_single_thread_values():
+    from compare_server.metrics.logprobs import measure_stacked
+
+    a, b = _stored_pair(forced=False, shuffled=True, n=400, t=40, k=6)
+    divergence, lengths, one = measure_stacked(a, b, forced=False, threads=1)
+    assert one.unsorted > 0 and lengths.sum() > 3 * 4096
+    for threads in (2, 3):
+        got = measure_stacked(a, b, forced=False, threads=threads)
+        np.testing.assert_array_equal(got[0], divergence)
+        np.testing.assert_array_equal(got[1], lengths)
+        np.testing.assert_array_equal(got[2].rows, one.rows)
+        np.testing.assert_array_equal(got[2].block_means, one.block_means)
+        assert (got[2].unsorted, got[2].nonfinite) == (one.unsorted, one.nonfinite)
+
+
+def test_the_record_kernel_refuses_records_too_short_for_their_layout_and_what_is_not_bytes():
+    a, b = _stored_pair(forced=True, shuffled=False, n=3)
+    counts, divergence, out, means = np.empty(3, np.int64), np.empty(3, np.int64), np.empty((18, 8)), np.empty((3, 8))
+    layout = tuple(a.tensors[name][2] for name in ("token_ids", "topk_ids", "topk_logprobs"))
+    short = list(b.blobs[:2]) + [b.blobs[2][:-1]]
+    with pytest.raises(ValueError, match="record 2 is too short for its layout"):
+        _kernels.stacked_rows(a.blobs, short, layout, layout, 6, 8, True, counts, divergence, out, means, 1)
+    with pytest.raises(TypeError, match="record 1 is not bytes"):
+        _kernels.stacked_rows(a.blobs, [b.blobs[0], "text", b.blobs[2]], layout, layout, 6, 8, True, counts,
+                              divergence, out, means, 1)
+    _kernels.stacked_rows(a.blobs, b.blobs, layout, layout, 6, 8, True, counts, divergence, out, means, 1)
+    assert counts.tolist() == [6, 6, 6] and divergence.tolist() == [-1, -1, -1]
 
 
 def test_the_similarity_sample_is_normalised_and_histogrammed_as_numpy_does_it(monkeypatch):

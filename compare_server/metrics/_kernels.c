@@ -756,36 +756,49 @@ static inline Py_ssize_t nonfinite_floats(const float *x, Py_ssize_t count) {
     return bad;
 }
 
-/* How many of block i's logprobs in view x, all its T rows whether compared or not, are NaN or
+/* Where the blocks of an [n, T, K] tensor lie: block i at at[i] when at is set (each record's own
+ * bytes, as the store hands them over: a diff joins nothing), else at buf + i * stride; its T rows
+ * row_stride bytes apart, each K contiguous values. */
+struct blocks {
+    const char *buf;
+    const char *const *at;
+    Py_ssize_t stride, row_stride;
+};
+
+static inline const char *block_start(const struct blocks *x, Py_ssize_t i) {
+    return x->at ? x->at[i] : x->buf + i * x->stride;
+}
+
+/* How many of block i's logprobs in x, all its t rows whether compared or not, are NaN or
  * infinite (what a diff reports of each run). */
-static inline Py_ssize_t block_nonfinite(const Py_buffer *x, Py_ssize_t i, int k) {
-    const char *start = (const char *)x->buf + i * x->strides[0];
-    if (x->strides[1] == k * (Py_ssize_t)sizeof(float))
-        return nonfinite_floats((const float *)start, x->shape[1] * k);
+static inline Py_ssize_t block_nonfinite(const struct blocks *x, Py_ssize_t i, Py_ssize_t t, int k) {
+    const char *start = block_start(x, i);
+    if (x->row_stride == k * (Py_ssize_t)sizeof(float))
+        return nonfinite_floats((const float *)start, t * k);
     Py_ssize_t bad = 0;
-    for (Py_ssize_t r = 0; r < x->shape[1]; r++)
-        bad += nonfinite_floats((const float *)(start + r * x->strides[1]), k);
+    for (Py_ssize_t r = 0; r < t; r++)
+        bad += nonfinite_floats((const float *)(start + r * x->row_stride), k);
     return bad;
 }
 
 /* Blocks [first, last): their positions into out (from block first's first row), each block's
  * means into means[i], and how many of each run's logprobs are NaN or infinite into nonfinite[2];
  * returns how many rows were out of order. */
-static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_buffer *v, Py_ssize_t first,
-                                                                           Py_ssize_t last, const long long *counts,
-                                                                           int k, double *out, double *means,
-                                                                           Py_ssize_t *nonfinite, double *scratch,
-                                                                           int *iscratch) {
+static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(const struct blocks *v, Py_ssize_t t,
+                                                                           Py_ssize_t first, Py_ssize_t last,
+                                                                           const long long *counts, int k, double *out,
+                                                                           double *means, Py_ssize_t *nonfinite,
+                                                                           double *scratch, int *iscratch) {
     Py_ssize_t unsorted = 0;
     Py_ssize_t group = GROUP_ROWS(k);
     double *ta = scratch, *tb = ta + group * k, *lbk = tb + group * k, *rest = lbk + group * k;
     /* Rows of one record lie one after another: their probabilities are one loop. */
-    int joined = v[1].strides[1] == k * (Py_ssize_t)sizeof(float) && v[3].strides[1] == k * (Py_ssize_t)sizeof(float);
+    int joined = v[1].row_stride == k * (Py_ssize_t)sizeof(float) && v[3].row_stride == k * (Py_ssize_t)sizeof(float);
     for (Py_ssize_t i = first; i < last; i++) {
         double *block = out;
         for (Py_ssize_t row = 0; row < counts[i]; row += group) {
             Py_ssize_t rows = counts[i] - row < group ? counts[i] - row : group;
-#define ROW(x, type, r) ((const type *)((const char *)v[x].buf + i * v[x].strides[0] + (row + (r)) * v[x].strides[1]))
+#define ROW(x, type, r) ((const type *)(block_start(&v[x], i) + (row + (r)) * v[x].row_stride))
             if (joined)
                 probabilities(ROW(1, float, 0), ROW(3, float, 0), rows * k, ta, tb, lbk);
             else
@@ -797,8 +810,8 @@ static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_bu
 #undef ROW
         }
         block_means(block, counts[i], means + 8 * i);
-        nonfinite[0] += block_nonfinite(&v[1], i, k);
-        nonfinite[1] += block_nonfinite(&v[3], i, k);
+        nonfinite[0] += block_nonfinite(&v[1], i, t, k);
+        nonfinite[1] += block_nonfinite(&v[3], i, t, k);
     }
     return unsorted;
 }
@@ -807,18 +820,19 @@ static inline __attribute__((always_inline)) Py_ssize_t positions_of_width(Py_bu
  * whose loops have a known length (10% faster when it was added). */
 #define AGENT_TOP_K 20
 
-CLONED static Py_ssize_t positions(Py_buffer *v, Py_ssize_t first, Py_ssize_t last, const long long *counts, int k,
-                                   double *out, double *means, Py_ssize_t *nonfinite, double *scratch, int *iscratch) {
+CLONED static Py_ssize_t positions(const struct blocks *v, Py_ssize_t t, Py_ssize_t first, Py_ssize_t last,
+                                   const long long *counts, int k, double *out, double *means, Py_ssize_t *nonfinite,
+                                   double *scratch, int *iscratch) {
     if (k == AGENT_TOP_K)
-        return positions_of_width(v, first, last, counts, AGENT_TOP_K, out, means, nonfinite, scratch, iscratch);
-    return positions_of_width(v, first, last, counts, k, out, means, nonfinite, scratch, iscratch);
+        return positions_of_width(v, t, first, last, counts, AGENT_TOP_K, out, means, nonfinite, scratch, iscratch);
+    return positions_of_width(v, t, first, last, counts, k, out, means, nonfinite, scratch, iscratch);
 }
 
 /* One position_rows call, shared by its threads: each takes the next `claim` blocks until none
  * are left, so a thread the OS runs less (the diff's reader shares the cores) simply takes fewer. */
 struct job {
-    Py_buffer *v;
-    Py_ssize_t n, claim, next; /* next: the first block no thread has taken */
+    const struct blocks *v; /* ids_a, lp_a, ids_b, lp_b */
+    Py_ssize_t n, t, claim, next; /* next: the first block no thread has taken */
     const long long *counts;
     const Py_ssize_t *starts; /* block i's first row in out */
     int k;
@@ -840,7 +854,7 @@ static void *work(void *arg) {
         if (first >= job->n)
             return NULL;
         Py_ssize_t last = first + job->claim < job->n ? first + job->claim : job->n;
-        w->unsorted += positions(job->v, first, last, job->counts, job->k, job->out + 8 * job->starts[first],
+        w->unsorted += positions(job->v, job->t, first, last, job->counts, job->k, job->out + 8 * job->starts[first],
                                  job->means, w->nonfinite, w->scratch, w->iscratch);
     }
 }
@@ -866,6 +880,55 @@ static int run_job(struct job *job, struct worker *workers, int threads) {
     return started;
 }
 
+/* Measures n blocks of t rows of k: v holds ids_a, lp_a, ids_b, lp_b; block i's compared positions
+ * are its first counts[i] (checked here: 0..t), written one block after another into out (at
+ * least sum(counts) rows of 8; exactly, if exact) and averaged into means [n, 8]. Returns
+ * position_rows' tuple, or NULL with an error set. */
+static PyObject *measure_blocks(const char *caller, const struct blocks *v, Py_ssize_t n, Py_ssize_t t, Py_ssize_t k,
+                                const long long *counts, const Py_buffer *out, int exact, const Py_buffer *means,
+                                long threads) {
+    if (threads < 1 || threads > KERNEL_THREADS_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: threads must be 1 to %d", caller, KERNEL_THREADS_MAX);
+        return NULL;
+    }
+    Py_ssize_t *starts = PyMem_RawMalloc(sizeof(Py_ssize_t) * (n + 1)); /* block i's first row in out */
+    double *scratch = PyMem_RawMalloc(sizeof(double) * SCRATCH_DOUBLES(k) * threads);
+    int *iscratch = PyMem_RawMalloc(sizeof(int) * SCRATCH_INTS(k) * threads);
+    PyObject *result = NULL;
+    if (!starts || !scratch || !iscratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    starts[0] = 0;
+    Py_ssize_t i = 0;
+    for (; i < n && counts[i] >= 0 && counts[i] <= t; i++)
+        starts[i + 1] = starts[i] + counts[i];
+    if (i < n || (exact ? out->shape[0] != starts[n] : out->shape[0] < starts[n]) || out->shape[1] != 8 ||
+        means->shape[0] != n || means->shape[1] != 8 || k < 1 || k > 1 << 20) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: counts must be [n] within 0..T, out [sum(counts), 8], means [n, 8], K at least 1", caller);
+        goto done;
+    }
+    struct worker workers[KERNEL_THREADS_MAX] = {{0}};
+    /* Claims of about 2,048 positions: few enough atomic operations, small enough to even out. */
+    struct job job = {v, n, t, t > 2048 ? 1 : 2048 / (t > 0 ? t : 1), 0, counts, starts, (int)k, out->buf, means->buf};
+    for (int w = 0; w < threads; w++)
+        workers[w] = (struct worker){&job, scratch + w * SCRATCH_DOUBLES(k), iscratch + w * SCRATCH_INTS(k), 0, {0, 0}};
+    int ran = run_job(&job, workers, (int)threads);
+    Py_ssize_t unsorted = 0, nonfinite[2] = {0, 0};
+    for (int w = 0; w < ran; w++) {
+        unsorted += workers[w].unsorted;
+        nonfinite[0] += workers[w].nonfinite[0];
+        nonfinite[1] += workers[w].nonfinite[1];
+    }
+    result = Py_BuildValue("nnn", unsorted, nonfinite[0], nonfinite[1]);
+done:
+    PyMem_RawFree(starts);
+    PyMem_RawFree(scratch);
+    PyMem_RawFree(iscratch);
+    return result;
+}
+
 /* position_rows(ids_a, lp_a, ids_b, lp_b, counts, out, means, threads): ids int64 and logprobs
  * float32 [n, T, K], each row sorted most likely first (as records carry them), rows contiguous,
  * any other strides (strided views of record bytes); counts int64 [n]: block i's compared
@@ -886,73 +949,146 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     long threads = PyLong_AsLong(PyTuple_GET_ITEM(args, 7));
     if (threads == -1 && PyErr_Occurred())
         return NULL;
-    if (threads < 1 || threads > KERNEL_THREADS_MAX) {
-        PyErr_Format(PyExc_ValueError, "position_rows: threads must be 1 to %d", KERNEL_THREADS_MAX);
-        return NULL;
-    }
     PyObject *buffers = PyTuple_GetSlice(args, 0, 7);
     Py_buffer v[7];
     int got = buffers ? get_args(buffers, 7, spec, v) : -1;
     Py_XDECREF(buffers);
     if (got < 0)
         return NULL;
+    PyObject *result = NULL;
     Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2];
-    const long long *counts = v[4].buf;
-    Py_ssize_t *starts = PyMem_RawMalloc(sizeof(Py_ssize_t) * (n + 1)); /* block i's first row in out */
-    if (!starts) {
-        PyErr_NoMemory();
-        goto fail;
+    struct blocks blocks[4];
+    int fits = v[4].shape[0] == n;
+    for (int i = 0; i < 4; i++) {
+        fits &= v[i].shape[0] == n && v[i].shape[1] == t && v[i].shape[2] == k && v[i].strides[2] == v[i].itemsize;
+        blocks[i] = (struct blocks){v[i].buf, NULL, v[i].strides[0], v[i].strides[1]};
     }
-    starts[0] = 0;
-    for (int i = 0; i < 4; i++)
-        if (v[i].shape[0] != n || v[i].shape[1] != t || v[i].shape[2] != k || v[i].strides[2] != v[i].itemsize) {
-            PyErr_SetString(PyExc_ValueError, "position_rows: inputs differ in shape or their rows are not contiguous");
-            goto fail;
+    if (!fits)
+        PyErr_SetString(PyExc_ValueError, "position_rows: inputs differ in shape or their rows are not contiguous, "
+                        "or counts is not [n]");
+    else
+        result = measure_blocks("position_rows", blocks, n, t, k, v[4].buf, &v[5], 1, &v[6], threads);
+    release_args(v, 7);
+    return result;
+}
+
+/* Tensors of one run's records in stacked_rows, its records' bytes each holding them at the same
+ * offsets: tokens [T] int64, ids [T, K] int64, logprobs [T, K] float32. */
+enum { TOKENS, IDS, LOGPROBS, TENSORS };
+
+/* Fills at[j * n + i] with where record i's tensor j starts, holding a reference to each record
+ * (the GIL is released while they are read); 0, or -1 with an error set. */
+static int record_tensors(PyObject *records, PyObject *layout, Py_ssize_t n, Py_ssize_t t, Py_ssize_t k,
+                          const char **at, PyObject **held) {
+    Py_ssize_t offset[TENSORS], size[TENSORS] = {t * 8, t * k * 8, t * k * 4};
+    if (!PyTuple_Check(layout) || PyTuple_GET_SIZE(layout) != TENSORS) {
+        PyErr_SetString(PyExc_TypeError, "stacked_rows: a layout is (tokens, ids, logprobs) byte offsets");
+        return -1;
+    }
+    for (int j = 0; j < TENSORS; j++) {
+        offset[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, j));
+        if (offset[j] == -1 && PyErr_Occurred())
+            return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyBytes_Check(record)) {
+            PyErr_Format(PyExc_TypeError, "stacked_rows: record %zd is not bytes", i);
+            return -1;
         }
-    Py_ssize_t i = 0;
-    for (; i < n && v[4].shape[0] == n && counts[i] >= 0 && counts[i] <= t; i++)
-        starts[i + 1] = starts[i] + counts[i];
-    if (i < n || v[4].shape[0] != n || v[5].shape[0] != starts[n] || v[5].shape[1] != 8 || v[6].shape[0] != n ||
-        v[6].shape[1] != 8 || k < 1 || k > 1 << 20) {
-        PyErr_SetString(PyExc_ValueError,
-                        "position_rows: counts must be [n] within 0..T, out [sum(counts), 8], means [n, 8], K at least 1");
-        goto fail;
+        for (int j = 0; j < TENSORS; j++) {
+            if (offset[j] < 0 || offset[j] + size[j] > PyBytes_GET_SIZE(record)) {
+                PyErr_Format(PyExc_ValueError, "stacked_rows: record %zd is too short for its layout", i);
+                return -1;
+            }
+            at[j * n + i] = PyBytes_AS_STRING(record) + offset[j];
+        }
+        Py_INCREF(record);
+        held[i] = record;
     }
-    struct worker workers[KERNEL_THREADS_MAX] = {{0}};
-    double *scratch = PyMem_RawMalloc(sizeof(double) * SCRATCH_DOUBLES(k) * threads);
-    int *iscratch = PyMem_RawMalloc(sizeof(int) * SCRATCH_INTS(k) * threads);
-    if (!scratch || !iscratch) {
-        PyMem_RawFree(scratch);
-        PyMem_RawFree(iscratch);
+    return 0;
+}
+
+/* The first of t positions where two records' tokens differ, -1 for none. */
+static long long first_difference(const long long *a, const long long *b, Py_ssize_t t) {
+    for (Py_ssize_t j = 0; j < t; j++)
+        if (a[j] != b[j])
+            return j;
+    return -1;
+}
+
+/* stacked_rows(records_a, records_b, layout_a, layout_b, t, k, forced, counts, divergence, out,
+ * means, threads): position_rows for the same n prompts' records of two runs, read where they are:
+ * records_* are lists of n bytes (as the store hands them over), every record of a run holding its
+ * tensors at the byte offsets of its layout (tokens, ids, logprobs), of t positions and top-k k.
+ * It also finds what to compare, so a diff's chunk is one call without the GIL and no copy:
+ * divergence int64 [n] receives the first position where a prompt's two token lists differ (-1
+ * for none), counts int64 [n] the positions compared (all t if forced, else up to and including
+ * the divergence: after it the prefixes differ). out float64 has room for n * t rows; the first
+ * sum(counts) are filled. */
+static PyObject *stacked_rows(PyObject *self, PyObject *args) {
+    static const struct arg spec[4] = {{"counts", 'q', 1, OUT}, {"divergence", 'q', 1, OUT}, {"out", 'd', 2, OUT},
+                                       {"means", 'd', 2, OUT}};
+    PyObject *records_a, *records_b, *layout_a, *layout_b, *arrays[4]; /* the arrays are taken as buffers below */
+    Py_ssize_t t, k;
+    int forced;
+    long threads;
+    if (!PyArg_ParseTuple(args, "O!O!OOnnpOOOOl:stacked_rows", &PyList_Type, &records_a, &PyList_Type, &records_b,
+                          &layout_a, &layout_b, &t, &k, &forced, &arrays[0], &arrays[1], &arrays[2], &arrays[3],
+                          &threads))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(records_a);
+    if (PyList_GET_SIZE(records_b) != n || t < 0 || k < 1) {
+        PyErr_SetString(PyExc_ValueError, "stacked_rows: both runs need the same number of records, T >= 0, K >= 1");
+        return NULL;
+    }
+    PyObject *buffers = PyTuple_GetSlice(args, 7, 11);
+    Py_buffer v[4];
+    int got = buffers ? get_args(buffers, 4, spec, v) : -1;
+    Py_XDECREF(buffers);
+    if (got < 0)
+        return NULL;
+    PyObject *result = NULL;
+    const char **at = PyMem_RawMalloc(sizeof(char *) * 2 * TENSORS * (n + 1));
+    PyObject **held = PyMem_RawCalloc(2 * n + 1, sizeof(PyObject *));
+    if (!at || !held) {
         PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
-    /* Claims of about 2,048 positions: few enough atomic operations, small enough to even out. */
-    struct job job = {v, n, t > 2048 ? 1 : 2048 / (t > 0 ? t : 1), 0, counts, starts, (int)k, v[5].buf, v[6].buf};
-    for (int w = 0; w < threads; w++)
-        workers[w] = (struct worker){&job, scratch + w * SCRATCH_DOUBLES(k), iscratch + w * SCRATCH_INTS(k), 0, {0, 0}};
-    int ran = run_job(&job, workers, (int)threads);
-    Py_ssize_t unsorted = 0, nonfinite[2] = {0, 0};
-    for (int w = 0; w < ran; w++) {
-        unsorted += workers[w].unsorted;
-        nonfinite[0] += workers[w].nonfinite[0];
-        nonfinite[1] += workers[w].nonfinite[1];
+    if (v[0].shape[0] != n || v[1].shape[0] != n || v[2].shape[0] < n * t) {
+        PyErr_SetString(PyExc_ValueError, "stacked_rows: counts and divergence must be [n], out [n * T, 8]");
+        goto done;
     }
-    PyMem_RawFree(starts);
-    PyMem_RawFree(scratch);
-    PyMem_RawFree(iscratch);
-    release_args(v, 7);
-    return Py_BuildValue("nnn", unsorted, nonfinite[0], nonfinite[1]);
-fail:
-    PyMem_RawFree(starts);
-    release_args(v, 7);
-    return NULL;
+    const char **at_a = at, **at_b = at + TENSORS * n;
+    if (record_tensors(records_a, layout_a, n, t, k, at_a, held) < 0 ||
+        record_tensors(records_b, layout_b, n, t, k, at_b, held + n) < 0)
+        goto done;
+    long long *counts = v[0].buf, *divergence = v[1].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        divergence[i] = first_difference((const long long *)at_a[TOKENS * n + i],
+                                         (const long long *)at_b[TOKENS * n + i], t);
+        counts[i] = forced || divergence[i] < 0 ? t : divergence[i] + 1;
+    }
+    struct blocks blocks[4] = {{NULL, at_a + IDS * n, 0, k * 8},
+                               {NULL, at_a + LOGPROBS * n, 0, k * 4},
+                               {NULL, at_b + IDS * n, 0, k * 8},
+                               {NULL, at_b + LOGPROBS * n, 0, k * 4}};
+    result = measure_blocks("stacked_rows", blocks, n, t, k, counts, &v[2], 0, &v[3], threads);
+done:
+    if (held)
+        for (Py_ssize_t i = 0; i < 2 * n; i++)
+            Py_XDECREF(held[i]);
+    PyMem_RawFree(held);
+    PyMem_RawFree(at);
+    release_args(v, 4);
+    return result;
 }
 
 static PyMethodDef methods[] = {
     {"embed_rows", embed_rows, METH_VARARGS, "Per-row cos, mse and max_abs of two float32 embedding matrices."},
     {"sample_rows", sample_rows, METH_VARARGS, "Normalises sampled embedding rows and bins their element errors."},
     {"position_rows", position_rows, METH_VARARGS, "The logprob position metrics of stacked top-k rows."},
+    {"stacked_rows", stacked_rows, METH_VARARGS, "position_rows for two runs' records read where they are."},
     {NULL, NULL, 0, NULL},
 };
 

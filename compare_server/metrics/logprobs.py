@@ -15,11 +15,13 @@ what remains. With K equal to the vocabulary size this is exactly the full-distr
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from compare_server.metrics.kernels import _kernels
+from proto.codec import Stacked
 
 # KL and relative error need a floor for probabilities a run gave (almost) nothing.
 EPS = 1e-12
@@ -30,6 +32,7 @@ KERNEL_THREADS = 8
 CORES = os.cpu_count() or 1  # asked once: the call costs 15 µs, and a diff measures chunk by chunk
 
 POSITION_METRICS = ("top1_match", "topk_overlap", "prob_cos", "kl", "js", "mae", "spearman", "rel_err")
+TOP1, KL = POSITION_METRICS.index("top1_match"), POSITION_METRICS.index("kl")  # the detail's columns
 
 
 @dataclass
@@ -191,15 +194,27 @@ class Measured:
     many rows were not sorted most likely first (or held a NaN), whose values are then not the
     metrics: sort those rows (stack_positions does) and measure again."""
 
-    values: dict[str, np.ndarray]  # name: [P], the positions in order
-    means: dict[str, np.ndarray]  # name: [n], each block's mean of its finite values (NaN for none)
+    rows: np.ndarray  # [P, 8]: the POSITION_METRICS at each position, in order
+    block_means: np.ndarray  # [n, 8]: each block's mean of its finite values (NaN for none)
     unsorted: int
     nonfinite: tuple[int, int]  # NaN or infinite logprobs in each run's blocks, all T rows of them
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        return {name: self.rows[:, i] for i, name in enumerate(POSITION_METRICS)}
+
+    @property
+    def means(self) -> dict[str, np.ndarray]:
+        return {name: self.block_means[:, i] for i, name in enumerate(POSITION_METRICS)}
 
 
 def position_metrics(pos: Positions, threads: int | None = None) -> dict[str, np.ndarray]:
     """Every POSITION_METRICS value at every compared position, in order."""
     return measure_positions(pos, threads).values
+
+
+def _threads(rows: int, threads: int | None) -> int:
+    return min(threads or CORES, KERNEL_THREADS, max(1, rows // KERNEL_PART))
 
 
 def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
@@ -209,19 +224,52 @@ def measure_positions(pos: Positions, threads: int | None = None) -> Measured:
     if _kernels is None or not rows or not pos.lp_a.dtype == pos.lp_b.dtype == np.float32:
         return _measure_numpy(pos)
     out, means = np.empty((rows, len(POSITION_METRICS))), np.empty((len(pos.counts), len(POSITION_METRICS)))
-    threads = min(threads or CORES, KERNEL_THREADS, max(1, rows // KERNEL_PART))
     unsorted, nonfinite_a, nonfinite_b = _kernels.position_rows(pos.ids_a, pos.lp_a, pos.ids_b, pos.lp_b, pos.counts,
-                                                                out, means, threads)
-    return Measured({name: out[:, i] for i, name in enumerate(POSITION_METRICS)},
-                    {name: means[:, i] for i, name in enumerate(POSITION_METRICS)}, unsorted, (nonfinite_a, nonfinite_b))
+                                                                out, means, _threads(rows, threads))
+    return Measured(out, means, unsorted, (nonfinite_a, nonfinite_b))
+
+
+def measure_stacked(a: Stacked | dict, b: Stacked | dict, forced: bool, threads: int | None = None):
+    """(divergence, lengths, Measured) for two runs' records of the same prompts, each run's of
+    one shape: each prompt's first differing token (-1 for none), its compared positions (all of
+    them if forced; in greedy decoding, up to and including the divergence, after which the
+    prefixes differ) and their metrics. Records come as codec.stack gives them, or as its arrays().
+
+    With the kernel and Stacked records this is one call that reads the blobs where they are,
+    joining nothing, all of it without the GIL: the diff's reader runs beside it."""
+    if _kernels is not None and isinstance(a, Stacked) and isinstance(b, Stacked) and sys.byteorder == "little":
+        n, t, k = a.shape("topk_ids")
+        counts, divergence = np.empty(n, np.int64), np.empty(n, np.int64)
+        out, means = np.empty((n * t, len(POSITION_METRICS))), np.empty((n, len(POSITION_METRICS)))
+        unsorted, nonfinite_a, nonfinite_b = _kernels.stacked_rows(
+            a.blobs, b.blobs, _layout(a), _layout(b), t, k, forced, counts, divergence, out, means,
+            _threads(n * t, threads))
+        return divergence, counts, Measured(out[:counts.sum()], means, unsorted, (nonfinite_a, nonfinite_b))
+    a, b = (x.arrays() if isinstance(x, Stacked) else x for x in (a, b))
+    n, t, _ = a["topk_ids"].shape
+    divergence = _first_difference(a["token_ids"] != b["token_ids"])
+    lengths = np.full(n, t) if forced else np.where(divergence >= 0, divergence + 1, t)
+    if lengths.any():
+        measured = measure_positions(Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"],
+                                               b["topk_logprobs"]), threads)
+    else:
+        measured = Measured(np.empty((0, len(POSITION_METRICS))), np.full((n, len(POSITION_METRICS)), np.nan), 0,
+                            (_nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"])))
+    return divergence, lengths, measured
+
+
+def _layout(records: Stacked) -> tuple[int, int, int]:
+    """Where the kernel finds a record's tokens, top-k ids and top-k logprobs (byte offsets)."""
+    return tuple(records.tensors[name][2] for name in ("token_ids", "topk_ids", "topk_logprobs"))
 
 
 def _measure_numpy(pos: Positions) -> Measured:
     values = position_metrics_numpy(pos)
     lp = (pos.rows(pos.lp_a), pos.rows(pos.lp_b))
     unsorted = sum(int((~(x[:, 1:] <= x[:, :-1])).any(axis=1).sum()) for x in lp)  # NaN counts as out of order
-    return Measured(values, {name: _per_prompt_mean(v, pos.counts) for name, v in values.items()}, unsorted,
-                    (_nonfinite(pos.lp_a), _nonfinite(pos.lp_b)))
+    return Measured(np.stack([values[name] for name in POSITION_METRICS], axis=1),
+                    np.stack([_per_prompt_mean(values[name], pos.counts) for name in POSITION_METRICS], axis=1),
+                    unsorted, (_nonfinite(pos.lp_a), _nonfinite(pos.lp_b)))
 
 
 def position_metrics_numpy(pos: Positions) -> dict[str, np.ndarray]:
@@ -275,14 +323,19 @@ def _full_first(a: dict, b: dict) -> tuple[float, float]:
 
 
 def _one_block(a, b) -> bool:
-    """Whether two chunks are records stacked in one and the same shape (whether their rows are
-    sorted as agents send them, the kernel finds out)."""
+    """Whether two chunks are records of one and the same shape each, stacked (whether their rows
+    are sorted as agents send them, the kernel finds out)."""
+    if isinstance(a, Stacked) and isinstance(b, Stacked):
+        return ("full_logprobs" not in a.tensors and "full_logprobs" not in b.tensors
+                and a.shape("topk_ids") == b.shape("topk_ids") and a.shape("topk_ids")[2] > 0)
     return (isinstance(a, dict) and isinstance(b, dict) and "full_logprobs" not in a and "full_logprobs" not in b
             and a["topk_ids"].shape == b["topk_ids"].shape and a["topk_ids"].shape[2] > 0)
 
 
-def _records(chunk: list[dict] | dict) -> list[dict]:
+def _records(chunk: list[dict] | dict | Stacked) -> list[dict]:
     """A chunk as a list of records: stacked records are split into per-record views."""
+    if isinstance(chunk, Stacked):
+        chunk = chunk.arrays()
     if not isinstance(chunk, dict):
         return chunk
     return [{name: values[i] for name, values in chunk.items()} for i in range(len(chunk["token_ids"]))]
@@ -308,9 +361,10 @@ class LogprobComparison:
 
     def __init__(self, forced: bool):
         self.forced = forced
-        # Per chunk, its per-prompt columns (the metrics' means, full_*, positions, first_divergence,
-        # widths) as arrays, joined once in result().
-        self.parts: list[dict[str, np.ndarray]] = []
+        # Per chunk, its per-prompt columns as arrays, joined once in result(): "means" [n, 8] (the
+        # POSITION_METRICS), "full" [n, 2] or None (full_prob_cos_first, full_kl_first),
+        # "positions", "first_divergence" and "widths".
+        self.parts: list[dict[str, np.ndarray | None]] = []
         self.prompts = 0
         self.nonfinite = [0, 0]
         # KL and top-1 agreement at the first positions as JSON-ready lists, converted chunk by
@@ -320,31 +374,22 @@ class LogprobComparison:
         self.detail_order: list[tuple[np.ndarray, np.ndarray]] = []
         self.detail_count = 0
 
-    def add(self, records_a: list[dict] | dict, records_b: list[dict] | dict) -> None:
-        """Adds the next prompts' records: lists of decoded records, or records of one shape
-        stacked as codec.decode_stacked gives them (the store's usual case, and much faster)."""
+    def add(self, records_a: list[dict] | Stacked | dict, records_b: list[dict] | Stacked | dict) -> None:
+        """Adds the next prompts' records: lists of decoded records, or records of one shape as
+        codec.stack gives them (the store's usual case, and much faster) or as its arrays()."""
         if not (_one_block(records_a, records_b) and self._add_block(records_a, records_b)):
             self._add_records(_records(records_a), _records(records_b))
 
-    def _add_block(self, a: dict, b: dict) -> bool:
+    def _add_block(self, a: Stacked | dict, b: Stacked | dict) -> bool:
         """Adds stacked records in one pass; False, adding nothing, if a row is not sorted most
         likely first (the records path sorts it)."""
-        n, t, k = a["topk_ids"].shape
-        divergence = _first_difference(a["token_ids"] != b["token_ids"])
-        # Greedy: positions after the first divergence have different prefixes and are not compared.
-        lengths = np.full(n, t) if self.forced else np.where(divergence >= 0, divergence + 1, t)
-        chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
-        nonfinite = None
-        if lengths.any():
-            measured = measure_positions(Positions(lengths, a["topk_ids"], a["topk_logprobs"], b["topk_ids"],
-                                                   b["topk_logprobs"]))
-            if measured.unsorted:
-                return False
-            chunk, nonfinite = measured.means, measured.nonfinite
-            self._keep_detail(measured.values, np.arange(n), lengths)
-        if nonfinite is None:
-            nonfinite = _nonfinite(a["topk_logprobs"]), _nonfinite(b["topk_logprobs"])
-        self._append(chunk, divergence, lengths, np.where(lengths > 0, k, 0), None, *nonfinite)
+        divergence, lengths, measured = measure_stacked(a, b, self.forced)
+        if measured.unsorted:
+            return False
+        self._keep_detail(measured.rows, np.arange(len(lengths)), lengths)
+        k = a.shape("topk_ids")[2] if isinstance(a, Stacked) else a["topk_ids"].shape[2]
+        self._append(measured.block_means, divergence, lengths, np.where(lengths > 0, k, 0), None,
+                     *measured.nonfinite)
         return True
 
     def _add_records(self, records_a: list[dict], records_b: list[dict]) -> None:
@@ -352,42 +397,34 @@ class LogprobComparison:
         common, divergence = alignment(records_a, records_b)
         lengths = (common if self.forced else np.where(divergence >= 0, divergence + 1, common)).tolist()
         widths = [min(_width(a), _width(b)) if length else 0 for a, b, length in zip(records_a, records_b, lengths)]
-        chunk = {name: np.full(n, np.nan) for name in POSITION_METRICS}
+        means = np.full((n, len(POSITION_METRICS)), np.nan)
         for k in sorted({w for w in widths if w}):  # each prompt is compared on its common K
             idx = np.array([i for i in range(n) if widths[i] == k])
-            pos = stack_positions([records_a[i] for i in idx], [records_b[i] for i in idx], [lengths[i] for i in idx], k)
-            self._measure(pos, idx, np.array([lengths[i] for i in idx]), chunk)
+            kept = np.array([lengths[i] for i in idx])
+            rows = measure_positions(stack_positions([records_a[i] for i in idx], [records_b[i] for i in idx], kept, k)).rows
+            means[idx] = np.stack([_per_prompt_mean(column, kept) for column in rows.T], axis=1)
+            self._keep_detail(rows, idx, kept)
         full = [_full_first(a, b) for a, b in zip(records_a, records_b)] if any(
             "full_logprobs" in r for r in records_a) else None
-        self._append(chunk, divergence, lengths, widths, full,
+        self._append(means, divergence, lengths, widths, full,
                      sum(_nonfinite(r["topk_logprobs"]) for r in records_a),
                      sum(_nonfinite(r["topk_logprobs"]) for r in records_b))
 
-    def _measure(self, pos: Positions, prompts: np.ndarray, lengths: np.ndarray, chunk: dict) -> None:
-        """The metrics at pos's positions, one block each, which belong to `prompts` (indices in
-        the chunk), lengths[i] each: their per-prompt means go into chunk, the first positions into
-        the detail."""
-        values = position_metrics(pos)
-        for name in POSITION_METRICS:
-            chunk[name][prompts] = _per_prompt_mean(values[name], lengths)
-        self._keep_detail(values, prompts, lengths)
-
-    def _keep_detail(self, values: dict, prompts: np.ndarray, lengths: np.ndarray) -> None:
-        """Keeps KL and top-1 agreement at the first DETAIL_LIMIT positions, for pictures."""
+    def _keep_detail(self, rows: np.ndarray, prompts: np.ndarray, lengths: np.ndarray) -> None:
+        """Keeps KL and top-1 agreement at the first DETAIL_LIMIT positions, for pictures: rows are
+        the metrics at the positions of `prompts` (indices in the chunk), lengths[i] each."""
         room = self.DETAIL_LIMIT - self.detail_count
         if room > 0:
             prompt = np.repeat(np.arange(len(lengths)), lengths)[:room]
             columns = (self.prompts + prompts[prompt], np.arange(len(prompt)) - (np.cumsum(lengths) - lengths)[prompt],
-                       values["kl"][:room], values["top1_match"][:room])
+                       rows[:room, KL], rows[:room, TOP1])
             self.detail_order.append(columns[:2])
             for kept, column in zip(self.detail_lists.values(), columns):
                 kept += column.tolist()
             self.detail_count += len(prompt)
 
-    def _append(self, chunk, divergence, lengths, widths, full, nonfinite_a, nonfinite_b) -> None:
-        full = np.asarray(full, dtype=np.float64) if full else np.full((len(divergence), 2), np.nan)
-        self.parts.append({**{name: chunk[name] for name in POSITION_METRICS},
-                           "full_prob_cos_first": full[:, 0], "full_kl_first": full[:, 1],
+    def _append(self, means, divergence, lengths, widths, full, nonfinite_a, nonfinite_b) -> None:
+        self.parts.append({"means": means, "full": np.asarray(full, dtype=np.float64) if full else None,
                            "positions": np.asarray(lengths, dtype=np.int64),
                            "first_divergence": np.asarray(divergence, dtype=np.int64),
                            "widths": np.asarray(widths, dtype=np.int64)})
@@ -401,10 +438,17 @@ class LogprobComparison:
 
     def result(self):
         """(per-prompt arrays, summary)."""
-        per = {name: self._column(name, np.float64) for name in (*POSITION_METRICS, "full_prob_cos_first", "full_kl_first")}
-        has_full = bool(np.isfinite(per["full_kl_first"]).any())
-        if not has_full:
-            del per["full_prob_cos_first"], per["full_kl_first"]
+        means = np.concatenate([part["means"] for part in self.parts]) if self.parts \
+            else np.zeros((0, len(POSITION_METRICS)))
+        per = {name: np.ascontiguousarray(means[:, i]) for i, name in enumerate(POSITION_METRICS)}
+        has_full = any(part["full"] is not None for part in self.parts)
+        if has_full:
+            full = np.concatenate([part["full"] if part["full"] is not None else np.full((len(part["positions"]), 2), np.nan)
+                                   for part in self.parts])
+            has_full = bool(np.isfinite(full[:, 1]).any())
+            per["full_prob_cos_first"], per["full_kl_first"] = full[:, 0].copy(), full[:, 1].copy()
+            if not has_full:
+                del per["full_prob_cos_first"], per["full_kl_first"]
         per["positions"] = self._column("positions", np.int64)
         per["first_divergence"] = self._column("first_divergence", np.int64)
         widths = self._column("widths", np.int64)
