@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from compare_server.allocator import gc_paused
 from compare_server.entities import RUN_COMPLETE, Run
 from compare_server.errors import CannotCompare, InvalidInput
 from compare_server.metrics import METRICS_VERSION
@@ -147,6 +148,11 @@ def _run_summary(run: Run) -> dict:
 
 def compute_diff(store, a: Run, b: Run) -> dict:
     """Everything about two comparable runs that does not depend on gates: what the cache keeps."""
+    with gc_paused():  # a diff makes no reference cycles, only containers the collector would walk
+        return _compute_diff(store, a, b)
+
+
+def _compute_diff(store, a: Run, b: Run) -> dict:
     kind = a.kind
     notes: list[str] = []
     if a.record_count != b.record_count:
@@ -165,7 +171,7 @@ def compute_diff(store, a: Run, b: Run) -> dict:
         else:
             comparison = LogprobComparison("forced" in (a.fingerprint["mode"], b.fingerprint["mode"]))
             for ra, rb in chunks:
-                comparison.add(ra, rb)
+                comparison.add(ra, rb, reading=not chunks.exhausted)
     per, summary = comparison.result()
     if kind == "embed":
         detail = {"error_histogram": comparison.histogram()}

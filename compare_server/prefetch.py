@@ -29,6 +29,7 @@ class Prefetched:
 
     def __init__(self, items, depth: int = 2, join: bool = True):
         self._items, self._join = items, join
+        self.exhausted = False  # every item is produced: the worker no longer needs a core
         self._slots: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._produce, name="cmp-prefetch", daemon=True)
@@ -39,6 +40,7 @@ class Prefetched:
             for item in self._items:
                 if not self._put((item, None)):
                     return
+            self.exhausted = True
             self._put((self._DONE, None))
         except BaseException as e:  # handed to the consumer and raised there
             self._put((self._DONE, e))

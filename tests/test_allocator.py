@@ -34,3 +34,42 @@ def test_freed_memory_is_reused_without_faulting_pages_in_again():
     _, untuned = probe("default")
     assert untuned > 3000  # glibc gave the 24 MB back to the kernel: ~6,000 pages to fault in again
     assert faults < 100
+
+
+def test_the_garbage_collector_runs_again_when_the_last_of_several_paused_diffs_ends():
+    import gc
+    import threading
+
+    from compare_server.allocator import gc_paused
+
+    inside, release = threading.Event(), threading.Event()
+
+    def other_diff():
+        with gc_paused():
+            inside.set()
+            release.wait(10)
+
+    assert gc.isenabled()
+    worker = threading.Thread(target=other_diff)
+    with gc_paused():
+        assert not gc.isenabled()
+        worker.start()
+        inside.wait(10)
+    assert not gc.isenabled()  # the other diff still runs
+    release.set()
+    worker.join()
+    assert gc.isenabled()
+
+
+def test_a_collector_the_user_turned_off_stays_off_after_a_diff():
+    import gc
+
+    from compare_server.allocator import gc_paused
+
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -111,3 +111,27 @@ def test_a_diff_that_stops_early_stops_its_reader_and_closes_its_cursors(db):
     assert _no_prefetch_worker_left()
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+
+def test_the_reader_says_when_it_has_read_everything_so_the_kernel_may_take_every_core():
+    """A logprob diff's kernel leaves the reader a core while it reads, and takes them all after."""
+    import threading
+
+    from compare_server.prefetch import Prefetched
+
+    last_taken = threading.Event()
+
+    def chunks():
+        yield 1
+        yield 2
+        last_taken.wait(10)  # the reader is still reading
+        yield 3
+
+    with Prefetched(chunks(), depth=1) as items:
+        assert next(items) == 1 and not items.exhausted
+        assert next(items) == 2 and not items.exhausted
+        last_taken.set()
+        assert next(items) == 3
+        with pytest.raises(StopIteration):
+            next(items)
+        assert items.exhausted
