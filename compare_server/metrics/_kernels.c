@@ -76,6 +76,14 @@ static int get_args(PyObject *args, int count, const struct arg *spec, Py_buffer
     return 0;
 }
 
+/* get_args for the count arguments from args[first] on, where a kernel also takes other arguments. */
+static int get_args_from(PyObject *args, Py_ssize_t first, int count, const struct arg *spec, Py_buffer *v) {
+    PyObject *buffers = PyTuple_GetSlice(args, first, first + count);
+    int got = buffers ? get_args(buffers, count, spec, v) : -1;
+    Py_XDECREF(buffers);
+    return got;
+}
+
 /* embed_rows(a, b, cos, mse, max_abs): per row of two [n, d] float32 arrays (rows contiguous), with
  * â = a/‖a‖: cos = â·b̂, mse = mean((â-b̂)²), max_abs = max|â-b̂|, into float64 [n] outputs.
  * Sums in double, as embeddings.normalise does; a NaN, an infinity or a zero row gives NaN. */
@@ -949,11 +957,8 @@ static PyObject *position_rows(PyObject *self, PyObject *args) {
     long threads = PyLong_AsLong(PyTuple_GET_ITEM(args, 7));
     if (threads == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *buffers = PyTuple_GetSlice(args, 0, 7);
     Py_buffer v[7];
-    int got = buffers ? get_args(buffers, 7, spec, v) : -1;
-    Py_XDECREF(buffers);
-    if (got < 0)
+    if (get_args_from(args, 0, 7, spec, v) < 0)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = v[0].shape[0], t = v[0].shape[1], k = v[0].shape[2];
@@ -1042,11 +1047,8 @@ static PyObject *stacked_rows(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "stacked_rows: both runs need the same number of records, T >= 0, K >= 1");
         return NULL;
     }
-    PyObject *buffers = PyTuple_GetSlice(args, 7, 11);
     Py_buffer v[4];
-    int got = buffers ? get_args(buffers, 4, spec, v) : -1;
-    Py_XDECREF(buffers);
-    if (got < 0)
+    if (get_args_from(args, 7, 4, spec, v) < 0)
         return NULL;
     PyObject *result = NULL;
     const char **at = PyMem_RawMalloc(sizeof(char *) * 2 * TENSORS * (n + 1));
