@@ -183,9 +183,6 @@ class Stacked:
         self.tensors = {name: (dtype, shape, len(head) + start) for name, dtype, shape, start, _ in _layout(head[8:])}
         self._arrays: dict[str, np.ndarray] | None = None
 
-    def __len__(self) -> int:
-        return len(self.blobs)
-
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape with the record axis first, [n, *shape]."""
         return (len(self.blobs), *self.tensors[name][1])

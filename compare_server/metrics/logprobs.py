@@ -242,7 +242,7 @@ def measure_stacked(a: Stacked | dict, b: Stacked | dict, forced: bool, threads:
         counts, divergence = np.empty(n, np.int64), np.empty(n, np.int64)
         out, means = np.empty((n * t, len(POSITION_METRICS))), np.empty((n, len(POSITION_METRICS)))
         unsorted, nonfinite_a, nonfinite_b = _kernels.stacked_rows(
-            a.blobs, b.blobs, _layout(a), _layout(b), t, k, forced, counts, divergence, out, means,
+            a.blobs, b.blobs, _tensor_offsets(a), _tensor_offsets(b), t, k, forced, counts, divergence, out, means,
             _threads(n * t, threads))
         return divergence, counts, Measured(out[:counts.sum()], means, unsorted, (nonfinite_a, nonfinite_b))
     a, b = (x.arrays() if isinstance(x, Stacked) else x for x in (a, b))
@@ -258,7 +258,7 @@ def measure_stacked(a: Stacked | dict, b: Stacked | dict, forced: bool, threads:
     return divergence, lengths, measured
 
 
-def _layout(records: Stacked) -> tuple[int, int, int]:
+def _tensor_offsets(records: Stacked) -> tuple[int, int, int]:
     """Where the kernel finds a record's tokens, top-k ids and top-k logprobs (byte offsets)."""
     return tuple(records.tensors[name][2] for name in ("token_ids", "topk_ids", "topk_logprobs"))
 
